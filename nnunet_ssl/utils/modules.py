@@ -1,0 +1,33 @@
+"""Helpers for networks that nnU-Net may have wrapped (DDP ``.module``, ``torch.compile``'s ``._orig_mod``)."""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from torch import nn
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """Strip DistributedDataParallel and torch.compile wrappers, in any nesting order."""
+    while True:
+        if isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, "_orig_mod") and isinstance(getattr(module, "_orig_mod"), nn.Module):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def full_resolution(output: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+    """The full-resolution logits of a network output (the first entry under deep supervision)."""
+    if isinstance(output, (list, tuple)):
+        return output[0]
+    return output
+
+
+def set_deep_supervision(module: nn.Module, enabled: bool) -> None:
+    """Switch deep supervision of an nnU-Net network (PlainConvUNet, ResidualEncoderUNet, ...)."""
+    mod = unwrap(module)
+    decoder = getattr(mod, "decoder", None)
+    if decoder is not None and hasattr(decoder, "deep_supervision"):
+        decoder.deep_supervision = enabled
