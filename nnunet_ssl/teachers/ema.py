@@ -18,7 +18,8 @@ def ema_decay(step: int, max_decay: float = 0.99) -> float:
 @torch.no_grad()
 def ema_update_(teacher: nn.Module, students: Sequence[nn.Module], weights: Sequence[float]) -> None:
     """In place: ``θ_t ← (1 − Σw)·θ_t + Σ_i w_i·θ_i`` for parameters; buffers are copied from the
-    first student (norm statistics are not averaged).
+    first student (norm statistics are not averaged) unless all weights are 0, which keeps the
+    teacher unchanged.
 
     One student with weight ``1 − a`` is the classic EMA; two students with weights α, β are the
     weighted multi-student EMA of co-learning. Students may be DDP/compile-wrapped.
@@ -37,6 +38,8 @@ def ema_update_(teacher: nn.Module, students: Sequence[nn.Module], weights: Sequ
                 raise ValueError(f"student has no parameter {name!r}: teacher and students must share one architecture")
             new.add_(sp[name].detach().float(), alpha=float(w))
         tp.copy_(new.to(tp.dtype))
+    if sum(weights) == 0:  # nothing taken from the students: the teacher is kept as it is
+        return
     s_buffers = dict(unwrap(students[0]).named_buffers())
     for name, tb in unwrap(teacher).named_buffers():
         if name in s_buffers:
