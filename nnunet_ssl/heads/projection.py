@@ -20,12 +20,13 @@ Typical use in a trainer::
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Type
+from typing import List, Optional, Sequence, Type
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_ssl.heads.feature_taps import FeatureTap
 from nnunet_ssl.utils.modules import unwrap
 
 DEFAULT_STAGES_KEY = "encoder.stages"
@@ -142,11 +143,12 @@ class ClassificationHead(nn.Module):
 class EncoderTaps:
     """Captures the output of every encoder stage of an nnU-Net network on each forward.
 
-    Hooks are attached by module name (``key_to_encoder`` of dynamic_network_architectures,
-    ``"encoder.stages"``, then ``.0``, ``.1``, ...) to the unwrapped network, so they fire whether
-    the forward goes through DDP, ``torch.compile`` or the plain module. A ``torch.compile``'d
-    network must get its taps before its first forward (hooks added later are not seen by the
-    compiled graph). Features keep their graph, so losses on them train the encoder.
+    One :class:`~nnunet_ssl.heads.feature_taps.FeatureTap` per stage, attached by module name
+    (``key_to_encoder`` of dynamic_network_architectures, ``"encoder.stages"``, then ``.0``,
+    ``.1``, ...) to the unwrapped network, so it fires whether the forward goes through DDP,
+    ``torch.compile`` or the plain module. A ``torch.compile``'d network must get its taps before
+    its first forward (hooks added later are not seen by the compiled graph). Features keep their
+    graph, so losses on them train the encoder.
 
     Each forward overwrites the captured features; :meth:`pop` returns and releases them. Use as a
     context manager or call :meth:`remove` to detach the hooks.
@@ -157,23 +159,15 @@ class EncoderTaps:
         self.names = [f"{key}.{name}" for name, _ in stages.named_children()]
         if not self.names:
             raise ValueError(f"{key!r} of {type(net).__name__} has no stages")
-        self._features: Dict[str, torch.Tensor] = {}
-        self._handles = [net.get_submodule(name).register_forward_hook(self._hook(name)) for name in self.names]
-
-    def _hook(self, name: str):
-        def store(module, inputs, output):
-            self._features[name] = output
-        return store
+        self.taps = [FeatureTap(net, name) for name in self.names]
 
     @property
     def features(self) -> List[torch.Tensor]:
         """The stage outputs of the last forward, shallowest first: ``[(B, C_s, *spatial_s)]``."""
-        missing = [n for n in self.names if n not in self._features]
-        if missing:
-            raise RuntimeError(f"no features captured for {', '.join(missing)}: run the network forward after "
-                               f"creating EncoderTaps (a torch.compile'd network needs its taps before its first "
-                               f"forward)")
-        return [self._features[n] for n in self.names]
+        try:
+            return [tap.features for tap in self.taps]
+        except RuntimeError as e:
+            raise RuntimeError(f"{e} (a torch.compile'd network needs its EncoderTaps before its first forward)")
 
     def pop(self) -> List[torch.Tensor]:
         """:attr:`features`, then forget them (frees their graph once the caller drops them)."""
@@ -182,13 +176,13 @@ class EncoderTaps:
         return out
 
     def clear(self) -> None:
-        self._features.clear()
+        for tap in self.taps:
+            tap.clear()
 
     def remove(self) -> None:
-        """Detach the hooks; the network is exactly as before."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        """Detach the hooks and forget the features; the network is exactly as before."""
+        for tap in self.taps:
+            tap.remove()
         self.clear()
 
     def __enter__(self) -> "EncoderTaps":

@@ -80,7 +80,7 @@ def test_gradient_reaches_encoder_and_network_stays_plain():
     assert list(net.state_dict()) == keys_before
     taps.remove()
     net(torch.randn(1, 3, 16, 16))
-    with pytest.raises(RuntimeError, match="no features captured"):
+    with pytest.raises(RuntimeError, match=r"no features captured .*needs its EncoderTaps before its first forward"):
         taps.features
 
 
