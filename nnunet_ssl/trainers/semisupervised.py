@@ -1,0 +1,456 @@
+"""``nnUNetTrainerSemiSupervised``: the base every nnunet_ssl trainer builds on.
+
+It adds to :class:`nnUNetTrainer`, through nnU-Net's own hooks only (``run_training`` stays nnU-Net's):
+
+- an unlabeled batch stream (random crops of ``<data_identifier>_unlabeled``, augmented by nnU-Net's
+  training transforms), preprocessed on demand from ``nnUNet_raw/<dataset>/imagesUnlabeled``;
+- extra trainable networks (same builder, same torch.compile/DDP wrapping as nnU-Net's network) and
+  EMA teachers, all in one optimizer with nnU-Net's SGD + poly LR;
+- a consistency ramp-up, a global step counter, a torch.Generator for mixes;
+- one log line per epoch with every semi-supervised term, the terms in ``progress_ssl.png``;
+- a checkpoint extension: every network, teacher, tracker, the step counter and RNG states are
+  saved and restored, so ``--c`` continues as if never stopped; ``network_weights`` holds the
+  inference network, so ``nnUNetv2_predict`` and ``nnUNetv2_find_best_configuration`` work unchanged.
+
+A method subclass declares its networks/teachers and implements :meth:`compute_losses`.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import distributed as dist
+from torch import nn
+
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunet_ssl.data import stream
+from nnunet_ssl.data.unlabeled import (UNLABELED_FOLDER, find_unlabeled_cases, preprocess_unlabeled,
+                                       unlabeled_case_ids, unlabeled_preprocessed_folder)
+from nnunet_ssl.errors import UserError
+from nnunet_ssl.overrides import NNUNET_BUDGET_KEYS, apply_overrides, read_overrides
+from nnunet_ssl.schedules import sigmoid_rampup
+from nnunet_ssl.teachers.ema import EMATeacher
+from nnunet_ssl.utils.distributed import all_reduce_sum
+from nnunet_ssl.utils.modules import set_deep_supervision, unwrap
+
+CHECKPOINT_KEY = "nnunet_ssl"
+
+
+def split_output(output, n: int):
+    """Split a (deep-supervised) network output along the batch: first ``n`` samples, rest."""
+    if isinstance(output, (list, tuple)):
+        return [o[:n] for o in output], [o[n:] for o in output]
+    return output[:n], output[n:]
+
+
+def _to_numpy(v):
+    if isinstance(v, torch.Tensor):
+        v = v.detach().float().cpu().numpy()
+    return np.asarray(v, dtype=np.float64)
+
+
+class nnUNetTrainerSemiSupervised(nnUNetTrainer):
+    """Base class: labeled stream (nnU-Net's) + unlabeled stream, extra networks, teachers, trackers.
+
+    Subclasses set the class attributes below and implement :meth:`compute_losses`.
+    """
+
+    # ---- hyper-parameters (typed, documented; per run: env nnUNet_ssl_overrides, see nnunet_ssl.overrides)
+    unlabeled_batch_size: int = 0
+    """Unlabeled patches per step (0: the labeled batch size). Under DDP, per GPU."""
+    consistency_weight: float = 0.1
+    """w_max of the unsupervised term."""
+    rampup_fraction: float = 0.4
+    """Ramp-up length T as a fraction of all training iterations (sigmoid ramp-up)."""
+    ema_decay: float = 0.99
+    """a_max of the EMA teachers: a = min(1 - 1/(t+1), a_max)."""
+    seed: int = 0
+    """Seed of the trainer's torch.Generator used for mixes and other sampling."""
+
+    # ---- structure (set by subclasses; not per-run settings)
+    requires_unlabeled: bool = True
+    extra_network_names: Tuple[str, ...] = ()
+    """Trainable networks besides ``self.network`` (built like it, trained by the same optimizer)."""
+    teacher_sources: Dict[str, str] = {}
+    """EMA teachers: teacher name -> name of the network it follows ('network' or an extra name)."""
+    inference_model: str = "network"
+    """Which network or teacher is written as ``network_weights`` and used for validation."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        try:
+            self.applied_overrides = apply_overrides(self, self.hyperparameter_names() + list(NNUNET_BUDGET_KEYS),
+                                                     read_overrides())
+        except ValueError as e:
+            raise SystemExit(f"nnunet_ssl: error: {e}") from None
+        self.unlabeled_folder = (unlabeled_preprocessed_folder(self.preprocessed_dataset_folder_base,
+                                                               self.configuration_manager.data_identifier)
+                                 if self.preprocessed_dataset_folder_base is not None else None)
+        self.dataloader_unlabeled = None
+        self.extra_networks: Dict[str, nn.Module] = {}
+        self.teachers: Dict[str, EMATeacher] = {}
+        self.trackers: Dict[str, object] = {}  # anything with state_dict()/load_state_dict()
+        self.global_step = 0
+        self.generator = torch.Generator().manual_seed(int(self.seed))
+        self._validating_with_inference_network = False
+
+    # ------------------------------------------------------------------ hyper-parameters
+    @classmethod
+    def hyperparameter_names(cls) -> List[str]:
+        names = []
+        for klass in reversed(cls.__mro__):
+            if isinstance(klass, type) and issubclass(klass, nnUNetTrainerSemiSupervised):
+                for name in getattr(klass, "__annotations__", {}):
+                    if name not in ("requires_unlabeled", "extra_network_names", "teacher_sources",
+                                    "inference_model") and not name.startswith("_") and name not in names:
+                        names.append(name)
+        return names
+
+    def hyperparameters(self) -> Dict[str, object]:
+        return {n: getattr(self, n) for n in self.hyperparameter_names()}
+
+    # ------------------------------------------------------------------ networks
+    def _wrap_like_nnunet(self, net: nn.Module, trainable: bool = True) -> nn.Module:
+        """torch.compile and DDP exactly as nnU-Net does for ``self.network``."""
+        if self._do_i_compile():
+            net = torch.compile(net)
+        if self.is_ddp and trainable:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            net = nn.parallel.DistributedDataParallel(net, device_ids=[self.local_rank])
+        return net
+
+    def build_extra_network(self, name: str) -> nn.Module:
+        """Build extra network ``name``; default: the same architecture as ``self.network``, freshly
+        initialised (so two students start from different weights). Override for heterogeneous pairs."""
+        return self.build_network_architecture(self.plans_manager, self.configuration_manager,
+                                               self.num_input_channels,
+                                               self.label_manager.num_segmentation_heads,
+                                               self.enable_deep_supervision)
+
+    def trainable_networks(self) -> Dict[str, nn.Module]:
+        return {"network": self.network, **self.extra_networks}
+
+    def all_models(self) -> Dict[str, nn.Module]:
+        return {**self.trainable_networks(), **self.teachers}
+
+    def inference_module(self) -> nn.Module:
+        models = self.all_models()
+        if self.inference_model not in models:
+            raise RuntimeError(f"inference_model {self.inference_model!r} is not one of {list(models)}")
+        m = models[self.inference_model]
+        return m.module if isinstance(m, EMATeacher) else m
+
+    def initialize(self):
+        super().initialize()  # builds, compiles and DDP-wraps self.network; optimizer over it
+        for name in self.extra_network_names:  # consecutive random initialisations: distinct weights
+            net = self.build_extra_network(name).to(self.device)
+            self.extra_networks[name] = self._wrap_like_nnunet(net)
+        for name, source in self.teacher_sources.items():
+            teacher = EMATeacher(unwrap(self.trainable_networks()[source]), max_decay=self.ema_decay).to(self.device)
+            if self._do_i_compile():
+                teacher.module = torch.compile(teacher.module)
+            self.teachers[name] = teacher
+        self.build_trackers()
+        # one optimizer over every trainable network (nnU-Net's SGD + poly LR)
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+
+    def build_trackers(self) -> None:
+        """Hook: create stateful weight trackers etc. in ``self.trackers`` (called in initialize)."""
+
+    def configure_optimizers(self):
+        params = [p for net in self.trainable_networks().values() for p in net.parameters()]
+        optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                    nesterov=True)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        for m in self.all_models().values():
+            set_deep_supervision(m.module if isinstance(m, EMATeacher) else m, enabled)
+
+    # ------------------------------------------------------------------ unlabeled data
+    def ensure_unlabeled_preprocessed(self) -> List[str]:
+        """Preprocess new raw unlabeled cases (rank 0; idempotent) and return the case ids."""
+        raw = os.path.join(os.environ.get("nnUNet_raw", ""), self.plans_manager.dataset_name)
+        has_raw = bool(os.environ.get("nnUNet_raw")) and os.path.isdir(os.path.join(raw, UNLABELED_FOLDER))
+        if has_raw:
+            if self.local_rank == 0:
+                todo = set(find_unlabeled_cases(raw, self.dataset_json)) - set(unlabeled_case_ids(self.unlabeled_folder))
+                if todo:
+                    self.print_to_log_file(f"Preprocessing {len(todo)} unlabeled case(s) into {self.unlabeled_folder}")
+                    preprocess_unlabeled(self.plans_manager.dataset_name, self.configuration_name,
+                                         self.plans_manager.plans_name,
+                                         num_processes=max(1, get_allowed_n_proc_DA() // 2))
+            if self.is_ddp:
+                dist.barrier()
+        cases = unlabeled_case_ids(self.unlabeled_folder)
+        if not cases:
+            raise UserError(f"{type(self).__name__} needs unlabeled images, but {raw}/{UNLABELED_FOLDER} does not "
+                            f"exist and {self.unlabeled_folder} holds no preprocessed cases. Put unlabeled images "
+                            f"in imagesUnlabeled/ (named like imagesTr) or create a semi-supervised dataset with "
+                            f"'nnunet-ssl split'")
+        return cases
+
+    def get_unlabeled_dataloader(self, cases: Sequence[str]):
+        rotation, do_dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, self._get_deep_supervision_scales(), mirror_axes,
+            do_dummy_2d, use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
+            is_cascaded=self.is_cascaded, foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label)
+        batch_size = self.unlabeled_batch_size or self.batch_size
+        loader = stream.UnlabeledDataLoader(stream.unlabeled_dataset(self.unlabeled_folder, cases), batch_size,
+                                            initial_patch_size, self.configuration_manager.patch_size,
+                                            self.label_manager, transforms=transforms)
+        augmenter = stream.make_augmenter(loader, get_allowed_n_proc_DA(), self.device.type == "cuda")
+        _ = next(augmenter)
+        return augmenter
+
+    def get_dataloaders(self):
+        dl_tr, dl_val = super().get_dataloaders()
+        if self.requires_unlabeled:
+            self.dataloader_unlabeled = self.get_unlabeled_dataloader(self._unlabeled_cases)
+        return dl_tr, dl_val
+
+    # ------------------------------------------------------------------ training
+    def on_train_start(self):
+        try:
+            self._unlabeled_cases = self.ensure_unlabeled_preprocessed() if self.requires_unlabeled else []
+        except UserError as e:
+            raise SystemExit(f"nnunet_ssl: error: {e}") from None
+        super().on_train_start()
+        self.print_to_log_file(f"nnunet_ssl {type(self).__name__} hyper-parameters: {self.hyperparameters()}")
+        if self.applied_overrides:
+            self.print_to_log_file(f"nnunet_ssl overrides from nnUNet_ssl_overrides: {self.applied_overrides}")
+        if self.requires_unlabeled:
+            self.print_to_log_file(f"unlabeled cases: {len(self._unlabeled_cases)} in {self.unlabeled_folder}")
+        if self.global_step == 0:  # fresh start (possibly from -pretrained_weights): teachers = their students
+            for name, source in self.teacher_sources.items():
+                self.teachers[name].copy_from(self.trainable_networks()[source])
+
+    def on_train_end(self):
+        super().on_train_end()
+        finish = getattr(self.dataloader_unlabeled, "_finish", None)
+        if finish is not None:
+            finish()
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        for net in self.extra_networks.values():
+            net.train()
+
+    @property
+    def total_iterations(self) -> int:
+        return self.num_epochs * self.num_iterations_per_epoch
+
+    def rampup_weight(self, max_value: Optional[float] = None) -> float:
+        """Sigmoid ramp-up of the unsupervised weight at the current step."""
+        max_value = self.consistency_weight if max_value is None else max_value
+        return sigmoid_rampup(self.global_step, int(self.rampup_fraction * self.total_iterations), max_value)
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast(self.device.type, enabled=True)
+        return dummy_context()
+
+    def _to_device(self, x):
+        if x is None:
+            return None
+        if isinstance(x, list):
+            return [i.to(self.device, non_blocking=True) for i in x]
+        return x.to(self.device, non_blocking=True)
+
+    def compute_losses(self, data: torch.Tensor, target, unlabeled: Optional[torch.Tensor]) -> Dict[str, object]:
+        """Return ``{'loss': total, <term>: value, ...}``. Terms (floats, tensors, per-class lists)
+        are averaged per epoch, logged and plotted. Called under autocast on CUDA."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self) -> None:
+        """Hook after each optimizer step: default updates every EMA teacher from its source."""
+        for name, source in self.teacher_sources.items():
+            self.teachers[name].update(self.trainable_networks()[source], self.global_step)
+
+    def train_step(self, batch: dict) -> dict:
+        data = self._to_device(batch["data"])
+        target = self._to_device(batch["target"])
+        unlabeled = None
+        if self.dataloader_unlabeled is not None:
+            unlabeled = self._to_device(next(self.dataloader_unlabeled)["data"])
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            terms = self.compute_losses(data, target, unlabeled)
+        loss = terms.pop("loss")
+        nets = list(self.trainable_networks().values())
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            for net in nets:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            for net in nets:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+            self.optimizer.step()
+        self.after_optimizer_step()
+        self.global_step += 1
+        return {"loss": loss.detach().cpu().numpy(), "ssl_terms": {k: _to_numpy(v) for k, v in terms.items()}}
+
+    # ------------------------------------------------------------------ logging
+    def _ssl_log(self) -> Dict[str, list]:
+        return self.logger.local_logger.my_fantastic_logging
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end([{"loss": o["loss"]} for o in train_outputs])
+        sums: Dict[str, np.ndarray] = {}
+        counts: Dict[str, int] = {}
+        for o in train_outputs:
+            for k, v in o.get("ssl_terms", {}).items():
+                sums[k] = sums.get(k, 0) + v
+                counts[k] = counts.get(k, 0) + 1
+        log = self._ssl_log()
+        known = sorted({k[4:] for k in log if k.startswith("ssl/")} | set(sums))
+        if self.is_ddp:  # ranks agree on the set of terms only if every rank produced them; all do by construction
+            for k in sorted(sums):
+                packed = torch.as_tensor(np.append(np.ravel(sums[k]), counts[k]), dtype=torch.float64,
+                                         device=self.device)
+                packed = all_reduce_sum(packed).cpu().numpy()
+                sums[k], counts[k] = packed[:-1].reshape(np.shape(sums[k])), int(packed[-1])
+        parts = []
+        for k in known:
+            key = "ssl/" + k
+            if k in sums:
+                value = sums[k] / max(counts[k], 1)
+                value = float(value) if np.ndim(value) == 0 else [float(x) for x in np.ravel(value)]
+            else:
+                value = float("nan")
+            log.setdefault(key, [])
+            while len(log[key]) < self.current_epoch:  # a term that appears later: earlier epochs are NaN
+                log[key].append(float("nan"))
+            self.logger.log(key, value, self.current_epoch)
+            if k in sums:
+                parts.append(f"{k} {np.round(value, 4) if np.ndim(value) == 0 else np.round(value, 3).tolist()}")
+        if parts:
+            self.print_to_log_file("ssl: " + " | ".join(parts))
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            from nnunet_ssl.plotting import plot_ssl_progress
+
+            try:
+                plot_ssl_progress(self._ssl_log(), self.output_folder)
+            except Exception as e:  # a plot must never stop training
+                self.print_to_log_file(f"could not draw progress_ssl.png: {e}")
+
+    # ------------------------------------------------------------------ validation with the inference network
+    @contextmanager
+    def _inference_network_as_network(self):
+        if self.inference_model == "network" or self._validating_with_inference_network:
+            yield
+            return
+        trained = self.network
+        self.network = self.inference_module()
+        self._validating_with_inference_network = True
+        try:
+            yield
+        finally:
+            self.network = trained
+            self._validating_with_inference_network = False
+
+    def on_validation_epoch_start(self):
+        self._val_ctx = self._inference_network_as_network()
+        self._val_ctx.__enter__()
+        super().on_validation_epoch_start()
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        try:
+            super().on_validation_epoch_end(val_outputs)
+        finally:
+            self._val_ctx.__exit__(None, None, None)
+            self.network.train()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        with self._inference_network_as_network():
+            super().perform_actual_validation(save_probabilities)
+
+    # ------------------------------------------------------------------ checkpoints
+    def extra_state_dict(self) -> dict:
+        """Hook: method-specific state (e.g. a phase flag) saved with the checkpoint."""
+        return {}
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        """Hook: restore what :meth:`extra_state_dict` saved."""
+
+    def ssl_state_dict(self) -> dict:
+        return {
+            "networks": {n: unwrap(m).state_dict() for n, m in self.trainable_networks().items()},
+            "teachers": {n: unwrap(t.module).state_dict() for n, t in self.teachers.items()},
+            "trackers": {n: t.state_dict() for n, t in self.trackers.items()},
+            "global_step": self.global_step,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "inference_model": self.inference_model,
+            "hyperparameters": self.hyperparameters(),
+            "extra": self.extra_state_dict(),
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {  # nnU-Net's checkpoint schema; network_weights = the inference network
+            "network_weights": unwrap(self.inference_module()).state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            CHECKPOINT_KEY: self.ssl_state_dict(),
+        }
+        tmp = filename + ".tmp"
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)  # a crash while writing never leaves a truncated checkpoint
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError("nnunet_ssl trainers load checkpoints from a file name")
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        state = checkpoint.get(CHECKPOINT_KEY)
+        if state is None:  # a checkpoint of a plain nnU-Net trainer: every network starts from its weights
+            self.print_to_log_file("checkpoint has no nnunet_ssl state; all networks and teachers start from "
+                                   "its network_weights")
+            for net in self.trainable_networks().values():
+                unwrap(net).load_state_dict(checkpoint["network_weights"])
+            for t in self.teachers.values():
+                unwrap(t.module).load_state_dict(checkpoint["network_weights"])
+            return
+        for name, net in self.trainable_networks().items():
+            unwrap(net).load_state_dict(state["networks"][name])
+        for name, t in self.teachers.items():
+            unwrap(t.module).load_state_dict(state["teachers"][name])
+        for name, tracker in self.trackers.items():
+            if name in state["trackers"]:
+                tracker.load_state_dict(state["trackers"][name])
+        self.global_step = int(state["global_step"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        self.load_extra_state_dict(state.get("extra", {}))
