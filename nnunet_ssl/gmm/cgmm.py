@@ -9,7 +9,8 @@ channel); the class prior ``p(k)`` is the labeled class frequency; every voxel g
 Conventions
 - Features ``(B, F, *spatial)``, labels ``(B, *spatial)`` or ``(B, 1, *spatial)`` (2D or 3D).
   Labels are resized to the feature resolution by nearest neighbour when the shapes differ.
-  Voxels whose label is outside ``[0, K)`` (nnU-Net's ignore label, padding) are not counted.
+  Voxels labeled ``ignore_index`` (nnU-Net's ignore label) are not counted; any other label
+  outside ``[0, K)`` raises ``ValueError``.
 - Everything is computed in float32 with autocast disabled: under mixed precision the inputs
   may be float16, the densities never leave log space, so nothing under- or overflows.
 - DDP: per-class counts, sums and centred squared sums are all-reduced (``all_reduce_sum``)
@@ -22,12 +23,13 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import Dict, NamedTuple, Optional, Sequence, Union
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from nnunet_ssl.utils.distributed import all_reduce_sum
+from nnunet_ssl.weighting.functional import to_label_map
 
 EXCLUDED_LOG_POSTERIOR = -1.0e4
 """Log posterior written for classes excluded from the mixture (log prior ``-inf``). Finite, so
@@ -45,58 +47,58 @@ def _no_autocast(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def labels_at(labels: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
-    """Labels ``(B, *s)`` or ``(B, 1, *s)`` (any dtype) as integer ``(B, *spatial_shape)``,
-    resized by nearest neighbour if ``s != spatial_shape``."""
+def labels_at(
+    labels: torch.Tensor, spatial_shape: Sequence[int], num_classes: int, ignore_index: Optional[int] = None
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Labels ``(B, *s)`` or ``(B, 1, *s)`` (integer-valued, any dtype) as a long label map
+    ``(B, *spatial_shape)`` and a valid mask (``None`` without ``ignore_index``), resized by
+    nearest neighbour if ``s != spatial_shape``. Validation as in
+    :func:`nnunet_ssl.weighting.functional.to_label_map` (values outside ``[0, K)`` other than
+    ``ignore_index`` raise ``ValueError``)."""
     spatial_shape = tuple(int(s) for s in spatial_shape)
-    if labels.ndim == len(spatial_shape) + 2:
-        if labels.shape[1] != 1:
-            raise ValueError(f"expected labels (B, 1, *spatial) with one channel, got shape {tuple(labels.shape)}")
-        labels = labels[:, 0]
-    if labels.ndim != len(spatial_shape) + 1:
-        raise ValueError(
-            f"expected labels (B, *spatial) or (B, 1, *spatial) with {len(spatial_shape)} spatial dims, "
-            f"got shape {tuple(labels.shape)}"
-        )
-    if tuple(labels.shape[1:]) != spatial_shape:
-        labels = F.interpolate(labels[:, None].float(), size=spatial_shape, mode="nearest")[:, 0]
-    return labels.round().long() if labels.is_floating_point() else labels.long()
+    lab = labels[:, 0] if labels.ndim == len(spatial_shape) + 2 and labels.shape[1] == 1 else labels
+    if lab.ndim == len(spatial_shape) + 1 and tuple(lab.shape[1:]) != spatial_shape:
+        lab = F.interpolate(lab[:, None].float(), size=spatial_shape, mode="nearest")[:, 0]
+    return to_label_map(lab, num_classes, spatial_shape, ignore_index)
 
 
-def _flat_valid(features: torch.Tensor, labels: torch.Tensor, num_classes: int):
-    """(N_valid, F) float32 features and (N_valid,) labels of the voxels with a label in [0, K)."""
+def _flat_valid(features: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: Optional[int]):
+    """(N_valid, F) float32 features and (N_valid,) labels of the labeled (not ignored) voxels."""
     if features.ndim < 3:
         raise ValueError(f"expected features (B, F, *spatial), got shape {tuple(features.shape)}")
-    lab = labels_at(labels, features.shape[2:])
+    lab, valid = labels_at(labels, features.shape[2:], num_classes, ignore_index)
     if lab.shape[0] != features.shape[0]:
         raise ValueError(f"features have batch size {features.shape[0]} but labels {lab.shape[0]}")
     flat = features.float().movedim(1, -1).reshape(-1, features.shape[1])
-    lab = lab.reshape(-1)
-    valid = (lab >= 0) & (lab < num_classes)
-    return flat[valid], lab[valid]
+    if valid is None:
+        return flat, lab.reshape(-1)
+    valid = valid.reshape(-1)
+    return flat[valid], lab.reshape(-1)[valid]
 
 
-def class_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int):
+def class_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: Optional[int] = None):
     """Per-class voxel counts ``(K,)`` and feature sums ``(K, F)`` of this process's batch.
 
     features ``(B, F, *spatial)``; labels ``(B, *spatial)`` or ``(B, 1, *spatial)``.
     Differentiable with respect to ``features``. Not reduced across ranks.
     """
     with _no_autocast(features.device):
-        x, lab = _flat_valid(features, labels, num_classes)
+        x, lab = _flat_valid(features, labels, num_classes, ignore_index)
         counts = torch.bincount(lab, minlength=num_classes).float()
         sums = x.new_zeros(num_classes, x.shape[1]).index_add(0, lab, x)
     return counts, sums
 
 
-def class_centered_square_sums(features: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+def class_centered_square_sums(
+    features: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, ignore_index: Optional[int] = None
+) -> torch.Tensor:
     """``Σ_{voxels of k} (f − μ_k)²`` per class and channel, ``(K, F)``, for given means ``mu (K, F)``.
 
     Centring on the (globally reduced) mean before squaring avoids the cancellation of
     ``E[f²] − E[f]²`` when ``|μ| ≫ σ``. Not reduced across ranks.
     """
     with _no_autocast(features.device):
-        x, lab = _flat_valid(features, labels, mu.shape[0])
+        x, lab = _flat_valid(features, labels, mu.shape[0], ignore_index)
         d = x - mu.float()[lab]
         return x.new_zeros(mu.shape).index_add(0, lab, d * d)
 
@@ -107,7 +109,11 @@ def _global_sum(local: torch.Tensor) -> torch.Tensor:
 
 
 def class_moments(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, var_floor: float = 1e-4
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    var_floor: float = 1e-4,
+    ignore_index: Optional[int] = None,
 ) -> ClassMoments:
     """Per-class mean ``μ (K, F)``, standard deviation ``σ (K, F)`` and count ``(K,)`` of labeled
     features over the ground-truth voxels of each class, over all DDP ranks.
@@ -118,13 +124,13 @@ def class_moments(
     """
     if var_floor <= 0:
         raise ValueError(f"var_floor must be > 0, got {var_floor}")
-    counts, sums = class_sums(features, labels, num_classes)
+    counts, sums = class_sums(features, labels, num_classes, ignore_index)
     counts, sums = all_reduce_sum(counts), _global_sum(sums)
     denom = counts.clamp_min(1.0)[:, None]
     mu = sums / denom
     # μ enters detached: the exact derivative of Σ_all (f − μ)² through μ is 0, but one DDP rank
     # sees only its own voxels, whose share of that derivative is not.
-    sq = _global_sum(class_centered_square_sums(features, labels, mu.detach()))
+    sq = _global_sum(class_centered_square_sums(features, labels, mu.detach(), ignore_index))
     var = (sq / denom).clamp_min(var_floor)
     return ClassMoments(mu, var.sqrt(), counts)
 
@@ -203,7 +209,13 @@ class ClassConditionalGMM:
     differentiable batch moments for the losses of the same step.
     """
 
-    def __init__(self, num_classes: int, momentum: Optional[float] = None, var_floor: float = 1e-4):
+    def __init__(
+        self,
+        num_classes: int,
+        momentum: Optional[float] = None,
+        var_floor: float = 1e-4,
+        ignore_index: Optional[int] = None,
+    ):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if momentum is not None and not 0.0 <= momentum < 1.0:
@@ -213,6 +225,7 @@ class ClassConditionalGMM:
         self.num_classes = int(num_classes)
         self.momentum = momentum
         self.var_floor = float(var_floor)
+        self.ignore_index = ignore_index
         self.mu = torch.zeros(num_classes, 0)
         self.var = torch.zeros(num_classes, 0)
         self.prior = torch.zeros(num_classes)
@@ -239,7 +252,7 @@ class ClassConditionalGMM:
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> ClassMoments:
         """Fold the labeled batch (features ``(B, F, *spatial)``, labels ``(B[, 1], *spatial)``) into
         the estimate; returns the batch's differentiable :class:`ClassMoments`."""
-        batch = class_moments(features, labels, self.num_classes, self.var_floor)
+        batch = class_moments(features, labels, self.num_classes, self.var_floor, self.ignore_index)
         self._fold(batch)
         return batch
 
@@ -269,6 +282,7 @@ class ClassConditionalGMM:
             "num_classes": self.num_classes,
             "momentum": self.momentum,
             "var_floor": self.var_floor,
+            "ignore_index": self.ignore_index,
             "mu": self.mu.clone(),
             "var": self.var.clone(),
             "prior": self.prior.clone(),
@@ -280,6 +294,7 @@ class ClassConditionalGMM:
             raise ValueError(f"state has {state['num_classes']} classes, this mixture {self.num_classes}")
         self.momentum = state["momentum"]
         self.var_floor = float(state["var_floor"])
+        self.ignore_index = state["ignore_index"]
         self.mu = state["mu"].clone()
         self.var = state["var"].clone()
         self.prior = state["prior"].clone()

@@ -26,7 +26,7 @@ def _tiny():
 
 def test_moments_by_hand():
     f, y = _tiny()
-    m = class_moments(f, y, num_classes=3, var_floor=1e-4)
+    m = class_moments(f, y, num_classes=3, var_floor=1e-4, ignore_index=255)
     # class 0: ch0 {1, 3} -> mean 2, var 1; ch1 {2, 2} -> mean 2, var 0 -> floored to 1e-4 (sigma 0.01)
     # class 1: ch0 {5, 7} -> mean 6, var 1; ch1 {0, 4} -> mean 2, var 4 (sigma 2)
     # class 2: absent -> placeholders mean 0, sigma sqrt(1e-4); the 255 voxels are not counted
@@ -39,7 +39,7 @@ def test_moments_by_hand():
 def test_moments_are_differentiable_and_ignore_unlabeled_voxels():
     f, y = _tiny()
     f.requires_grad_(True)
-    class_moments(f, y, 3).mu.sum().backward()
+    class_moments(f, y, 3, ignore_index=255).mu.sum().backward()
     # d(sum of class means)/df = 1/n_k on the class's voxels (n_k = 2), 0 on ignored voxels
     expected = torch.tensor([[[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]] * 2)[None]
     torch.testing.assert_close(f.grad, expected)
@@ -48,8 +48,10 @@ def test_moments_are_differentiable_and_ignore_unlabeled_voxels():
 def test_labels_with_channel_and_higher_resolution_are_resized_by_nearest():
     f, y = _tiny()
     y_hi = y.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)[:, None].float()  # (1, 1, 4, 6)
-    torch.testing.assert_close(labels_at(y_hi, (2, 3)), y)
-    torch.testing.assert_close(class_moments(f, y_hi, 3).mu, class_moments(f, y, 3).mu)
+    lab, valid = labels_at(y_hi, (2, 3), 3, ignore_index=255)
+    torch.testing.assert_close(lab, torch.where(y == 255, 0, y))
+    torch.testing.assert_close(valid, y != 255)
+    torch.testing.assert_close(class_moments(f, y_hi, 3, ignore_index=255).mu, class_moments(f, y, 3, ignore_index=255).mu)
 
 
 def test_posterior_by_hand_one_feature():
@@ -123,7 +125,7 @@ def test_constant_features_hit_the_variance_floor():
 
 
 def test_stateful_gmm_absent_and_unseen_classes():
-    gmm = ClassConditionalGMM(num_classes=4)
+    gmm = ClassConditionalGMM(num_classes=4, ignore_index=255)
     f1, y1 = _tiny()  # classes 0 and 1 (2 voxels each)
     with pytest.raises(ValueError, match="no estimate yet"):
         gmm.log_posterior(f1)
@@ -140,7 +142,7 @@ def test_stateful_gmm_absent_and_unseen_classes():
 
 
 def test_momentum_blends_mean_variance_and_prior():
-    gmm = ClassConditionalGMM(num_classes=2, momentum=0.5)
+    gmm = ClassConditionalGMM(num_classes=2, momentum=0.5, ignore_index=255)
     y = torch.tensor([[[0, 0, 1]]])
     # batch 1: class 0 features {1, 3} (mean 2, var 1), class 1 {0}; batch 2: class 0 {1, 7} (mean 4, var 9)
     gmm.update(torch.tensor([[[[1.0, 3.0, 0.0]]]]), y)
@@ -154,14 +156,14 @@ def test_momentum_blends_mean_variance_and_prior():
 
 
 def test_state_dict_round_trip_is_exact():
-    gmm = ClassConditionalGMM(num_classes=3, momentum=0.9, var_floor=1e-3)
+    gmm = ClassConditionalGMM(num_classes=3, momentum=0.9, var_floor=1e-3, ignore_index=255)
     f, y = _tiny()
     gmm.update(f, y)
     gmm.update(f * 2, y)
     buf = io.BytesIO()
     torch.save(gmm.state_dict(), buf)
     buf.seek(0)
-    other = ClassConditionalGMM(num_classes=3)
+    other = ClassConditionalGMM(num_classes=3)  # settings come from the state
     other.load_state_dict(torch.load(buf))
     for key, value in gmm.state_dict().items():
         assert torch.equal(value, other.state_dict()[key]) if torch.is_tensor(value) else value == other.state_dict()[key]
@@ -172,10 +174,12 @@ def test_state_dict_round_trip_is_exact():
 
 def test_input_errors_name_expected_shapes():
     f, y = _tiny()
-    with pytest.raises(ValueError, match="one channel"):
-        class_moments(f, torch.zeros(1, 2, 2, 3), 3)
+    with pytest.raises(ValueError, match="label map"):
+        class_moments(f, torch.zeros(1, 2, 2, 3), 3)  # two channels: not a label map
     with pytest.raises(ValueError, match="batch size"):
         class_moments(f, torch.zeros(2, 2, 3), 3)
+    with pytest.raises(ValueError, match="outside the 3 classes"):
+        class_moments(f, y, 3)  # 255 without ignore_index
     with pytest.raises(ValueError, match="mu and sigma"):
         log_posterior(f, torch.zeros(3, 5), torch.ones(3, 5), torch.zeros(3))
 
