@@ -1,0 +1,143 @@
+"""Weighted CE / weighted soft Dice / WeightedDiceCE: hand values, invariants, deep supervision."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+from nnunet_ssl.losses.weighted import WeightedDiceCE, weighted_cross_entropy, weighted_soft_dice
+
+LN2 = math.log(2.0)
+
+
+def close(a, b, tol=1e-5):
+    return torch.allclose(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=tol, rtol=tol)
+
+
+# two voxels, two classes (B=1, C=2, 2):
+#   voxel a: logits [0, 0],     target 1 -> p = 1/2, CE = ln 2
+#   voxel b: logits [0, ln 3],  target 0 -> p = 1/4, CE = ln 4 = 2 ln 2
+LOGITS = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)]]])
+TARGET = torch.tensor([[[1.0, 0.0]]])  # (B, 1, 2) like nnU-Net
+
+
+def test_weighted_ce_hand_values():
+    assert close(weighted_cross_entropy(LOGITS, TARGET), 1.5 * LN2)  # (ln2 + 2 ln2)/2
+    # class weights [1, 3]: (3·ln2 + 1·2ln2)/(3 + 1) = 5 ln2 / 4
+    assert close(weighted_cross_entropy(LOGITS, TARGET, class_weights=[1.0, 3.0]), 1.25 * LN2)
+    # × voxel weights [.5, 1] (a from an unlabeled image): (1.5 ln2 + 2 ln2)/(1.5 + 1) = 1.4 ln2
+    vw = torch.tensor([[0.5, 1.0]])
+    assert close(weighted_cross_entropy(LOGITS, TARGET, [1.0, 3.0], vw), 1.4 * LN2)
+    # voxel weights alone: (.5 ln2 + 2 ln2)/1.5 = 5/3 ln2
+    assert close(weighted_cross_entropy(LOGITS, TARGET, voxel_weights=vw.unsqueeze(1)), 5 / 3 * LN2)
+
+
+def test_weighted_ce_matches_torch_and_invariants():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, 3, generator=g)  # 3D
+    target = torch.randint(0, 4, (2, 1, 5, 6, 3), generator=g).float()
+    ref = F.cross_entropy(logits, target[:, 0].long())
+    assert close(weighted_cross_entropy(logits, target, torch.ones(4)), ref)
+    assert close(weighted_cross_entropy(logits, target, voxel_weights=torch.ones(2, 5, 6, 3)), ref)
+    w = torch.tensor([0.1, 2.0, 0.5, 3.0])
+    ref_w = F.cross_entropy(logits, target[:, 0].long(), weight=w)
+    assert close(weighted_cross_entropy(logits, target, w), ref_w)
+    assert close(weighted_cross_entropy(logits, target, 7 * w), ref_w)  # scale-free
+
+
+def test_weighted_ce_all_zero_weights_is_zero_with_finite_grad():
+    logits = LOGITS.clone().requires_grad_(True)
+    loss = weighted_cross_entropy(logits, TARGET, class_weights=[0.0, 0.0])
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_class_weights_are_detached():
+    w = torch.tensor([1.0, 3.0], requires_grad=True)
+    loss = weighted_cross_entropy(LOGITS.clone().requires_grad_(True), TARGET, w) + weighted_soft_dice(
+        LOGITS, TARGET, w
+    )
+    loss.backward()
+    assert w.grad is None
+
+
+# soft Dice on probabilities (softmax=False), B=1, C=2, 2 voxels, target [1, 0]:
+#   p1 = [.8, .4] -> tp = .8, Σp = 1.2, Σy = 1 -> d1 = 1.6/2.2 = 8/11
+#   p0 = [.2, .6] -> tp = .6, Σp = .8,  Σy = 1 -> d0 = 1.2/1.8 = 2/3
+PROBS = torch.tensor([[[0.2, 0.6], [0.8, 0.4]]])
+
+
+def test_weighted_soft_dice_hand_values():
+    assert close(weighted_soft_dice(PROBS, TARGET, softmax=False, smooth=0), 3 / 11)  # 1 - 8/11
+    # background included, weights [1, 3]: (1·(1/3) + 3·(3/11)) / 4 = 38/132
+    got = weighted_soft_dice(PROBS, TARGET, [1.0, 3.0], include_background=True, softmax=False, smooth=0)
+    assert close(got, 38 / 132)
+    # voxel weights [1, .5]: class 1 tp = .8, Σvp = .8 + .2 = 1, Σvy = 1 -> d1 = .8 -> loss .2
+    got = weighted_soft_dice(PROBS, TARGET, voxel_weights=torch.tensor([[1.0, 0.5]]), softmax=False, smooth=0)
+    assert close(got, 0.2)
+
+
+def test_weighted_soft_dice_invariants():
+    g = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 3, (2, 1, 8, 8), generator=g).float()
+    perfect = 50.0 * F.one_hot(target[:, 0].long(), 3).movedim(-1, 1).float()
+    assert weighted_soft_dice(perfect, target, [0.0, 1.0, 5.0]) < 1e-5
+    logits = torch.randn(2, 3, 8, 8, generator=g)
+    plain = weighted_soft_dice(logits, target)
+    assert close(weighted_soft_dice(logits, target, voxel_weights=torch.ones(2, 8, 8)), plain)
+    assert close(weighted_soft_dice(logits, target, torch.ones(3)), plain)
+    # per-sample Dice is the mean of the single-sample losses
+    per = weighted_soft_dice(logits, target, batch_dice=False)
+    assert close(per, (weighted_soft_dice(logits[:1], target[:1]) + weighted_soft_dice(logits[1:], target[1:])) / 2)
+    # all foreground weights 0: nothing to weigh -> 0
+    assert weighted_soft_dice(logits, target, [1.0, 0.0, 0.0]).item() == 0.0
+
+
+def test_ignore_index_leaves_ignored_voxels_out():
+    target = torch.tensor([[[1.0, 0.0, 9.0]]])  # 9 = ignore label
+    a = torch.tensor([[[0.0, 0.0, 5.0], [0.0, math.log(3.0), -5.0]]])
+    b = a.clone()
+    b[..., 2] = torch.tensor([-3.0, 7.0])  # only the ignored voxel differs
+    for fn in (weighted_cross_entropy, weighted_soft_dice):
+        assert close(fn(a, target, ignore_index=9), fn(b, target, ignore_index=9))
+    assert close(weighted_cross_entropy(a, target, ignore_index=9), 1.5 * LN2)
+
+
+def test_input_errors():
+    with pytest.raises(ValueError, match="2 entries"):
+        weighted_cross_entropy(LOGITS, TARGET, class_weights=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="voxel_weights"):
+        weighted_soft_dice(LOGITS, TARGET, voxel_weights=torch.ones(1, 3))
+    with pytest.raises(ValueError, match="outside"):
+        weighted_cross_entropy(LOGITS, torch.tensor([[[1.0, 2.0]]]))
+
+
+def test_weighted_dice_ce_module():
+    loss = WeightedDiceCE(ce_weight=0.5)
+    expected = weighted_soft_dice(LOGITS, TARGET) + 0.5 * weighted_cross_entropy(LOGITS, TARGET)
+    assert close(loss(LOGITS, TARGET), expected)
+    w = torch.tensor([1.0, 3.0])
+    loss.set_class_weights(w)
+    w[:] = 0  # the module keeps its own copy
+    assert close(loss(LOGITS, TARGET), weighted_soft_dice(LOGITS, TARGET, [1.0, 3.0]) + 0.5 * 1.25 * LN2)
+    # per-call weights override the stored ones
+    assert close(loss(LOGITS, TARGET, class_weights=torch.ones(2)), expected)
+
+
+def test_weighted_dice_ce_in_nnunet_deep_supervision_wrapper():
+    g = torch.Generator().manual_seed(2)
+    logits = [torch.randn(2, 3, 8, 8, generator=g, requires_grad=True), torch.randn(2, 3, 4, 4, generator=g, requires_grad=True)]
+    full = torch.randint(0, 3, (2, 1, 8, 8), generator=g).float()
+    targets = [full, full[:, :, ::2, ::2]]  # nnU-Net: (B, 1, *spatial) float per scale
+    base = WeightedDiceCE(class_weights=[0.0, 1.0, 2.0])
+    ds = DeepSupervisionWrapper(base, [1.0, 0.5])
+    total = ds(logits, targets)
+    assert close(total, base(logits[0], targets[0]) + 0.5 * base(logits[1], targets[1]))
+    total.backward()
+    assert all(torch.isfinite(x.grad).all() for x in logits)
+    # BCP region weights travel as a third list, one map per scale
+    vw = torch.ones(2, 1, 8, 8)
+    vw[:, :, :4] = 0.5
+    with_vw = ds(logits, targets, [vw, vw[:, :, ::2, ::2]])
+    assert close(with_vw, base(logits[0], targets[0], vw) + 0.5 * base(logits[1], targets[1], vw[:, :, ::2, ::2]))
