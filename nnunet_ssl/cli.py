@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "write a small CPU-sized copy of a plans file (patch, features, batch size)"),
     "demo": ("nnunet_ssl.commands.demo",
              "generate a small synthetic dataset, train nnUNetTrainer and Mean Teacher on CPU, print Dice"),
+    "evaluate": ("nnunet_ssl.commands.evaluate", "per-case Dice, IoU, NSD, HD95, ASD of predictions vs references"),
 }
 
 
