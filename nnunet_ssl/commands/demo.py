@@ -1,0 +1,155 @@
+"""``nnunet-ssl demo``: the main job on an embedded default, end to end on CPU in minutes.
+
+1. generates a synthetic 3D dataset (a large organ, a medium vessel, a tiny lesion; few labeled,
+   many unlabeled and some held-out test cases) in ``<workdir>/nnUNet_raw``;
+2. plans and preprocesses it with nnU-Net, preprocesses the unlabeled cases, and writes CPU-sized
+   plans (``nnUNetPlans_cpu``);
+3. trains ``nnUNetTrainer`` and ``nnUNetTrainerMeanTeacher`` with the same budget (fold ``all``);
+4. predicts the test cases with nnU-Net's predictor and prints a per-class Dice table.
+
+Everything lives under ``--workdir`` (nnU-Net's three folders are pointed there for this command);
+rerunning reuses finished steps, so an interrupted demo continues where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+DATASET_ID = 990
+DATASET_NAME = f"Dataset{DATASET_ID}_SSLDemo"
+CONFIG = "3d_fullres"
+PLANS = "nnUNetPlans_cpu"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--workdir", default="nnunet_ssl_demo", help="folder for data and results (default: ./nnunet_ssl_demo)")
+    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerMeanTeacher"],
+                        help="trainers to compare (default: nnUNetTrainer nnUNetTrainerMeanTeacher)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per trainer (default 20)")
+    parser.add_argument("--iters", type=int, default=25, help="iterations per epoch (default 25)")
+    parser.add_argument("--labeled", type=int, default=4, help="labeled training cases (default 4)")
+    parser.add_argument("--unlabeled", type=int, default=24, help="unlabeled cases (default 24)")
+    parser.add_argument("--test", type=int, default=8, help="held-out test cases (default 8)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _set_paths(workdir: str) -> None:
+    if "nnunetv2.paths" in sys.modules:
+        raise RuntimeError("the demo must set nnU-Net's paths before nnunetv2 is imported; run it as a command")
+    for var, sub in (("nnUNet_raw", "nnUNet_raw"), ("nnUNet_preprocessed", "nnUNet_preprocessed"),
+                     ("nnUNet_results", "nnUNet_results")):
+        os.environ[var] = os.path.join(workdir, sub)
+        os.makedirs(os.environ[var], exist_ok=True)
+    os.environ.setdefault("nnUNet_n_proc_DA", "2")
+    os.environ.setdefault("nnUNet_def_n_proc", "1")
+    os.environ.setdefault("nnUNet_compile", "false")
+
+
+def prepare_dataset(spec, num_processes: int = 2) -> None:
+    """Generate (if absent), plan, preprocess labeled and unlabeled cases, shrink plans."""
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+
+    from nnunet_ssl.data.synthetic import generate_dataset
+    from nnunet_ssl.data.unlabeled import preprocess_unlabeled
+    from nnunet_ssl.planners.shrink import CPU_PRESETS, write_shrunk_plans
+
+    raw = os.path.join(nnUNet_raw.get(), DATASET_NAME)
+    if not os.path.isfile(os.path.join(raw, "dataset.json")):
+        print(f"[1/4] generating {DATASET_NAME}: {spec.num_labeled} labeled, {spec.num_unlabeled} unlabeled, "
+              f"{spec.num_test} test volumes of {spec.shape}")
+        generate_dataset(raw, spec)
+    pre = os.path.join(nnUNet_preprocessed.get(), DATASET_NAME)
+    if not os.path.isfile(os.path.join(pre, PLANS + ".json")):
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
+                                                                          preprocess)
+
+        print("[2/4] nnU-Net planning and preprocessing")
+        extract_fingerprints([DATASET_ID], num_processes=num_processes, check_dataset_integrity=True)
+        plan_experiments([DATASET_ID])
+        preprocess([DATASET_ID], configurations=(CONFIG,), num_processes=(num_processes,))
+        write_shrunk_plans(pre, CONFIG, "nnUNetPlans", PLANS, **CPU_PRESETS["3d"])
+    preprocess_unlabeled(DATASET_ID, CONFIG, PLANS, num_processes=num_processes)
+
+
+def predict_test(trainer: str, out_dir: str) -> str:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.paths import nnUNet_raw, nnUNet_results
+    import torch
+
+    model_dir = os.path.join(nnUNet_results.get(), DATASET_NAME, f"{trainer}__{PLANS}__{CONFIG}")
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_dir, use_folds=("all",), checkpoint_name="checkpoint_final.pth")
+    predictor.predict_from_files(os.path.join(nnUNet_raw.get(), DATASET_NAME, "imagesTs"), out_dir,
+                                 save_probabilities=False, overwrite=True, num_processes_preprocessing=1,
+                                 num_processes_segmentation_export=1)
+    return out_dir
+
+
+def dice_table(pred_dirs: dict, ref_dir: str, labels: dict) -> tuple[str, dict]:
+    """Mean per-class Dice over the test cases for each trainer, as a printable table."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_ssl.evaluation.metrics import overlap_metrics
+
+    classes = {n: v for n, v in labels.items() if v > 0}
+    results = {}
+    for trainer, d in pred_dirs.items():
+        per_class = {n: [] for n in classes}
+        for f in sorted(os.listdir(ref_dir)):
+            ref = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(ref_dir, f)))
+            pred = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(d, f)))
+            for n, v in classes.items():
+                per_class[n].append(overlap_metrics(pred == v, ref == v)[0])
+        results[trainer] = {n: float(np.mean(x)) for n, x in per_class.items()}
+        results[trainer]["mean"] = float(np.mean(list(results[trainer].values())))
+    cols = list(classes) + ["mean"]
+    width = max(len(t) for t in pred_dirs) + 2
+    lines = [f"{'trainer':<{width}}" + "".join(f"{c:>10}" for c in cols),
+             "-" * (width + 10 * len(cols))]
+    for t, r in results.items():
+        lines.append(f"{t:<{width}}" + "".join(f"{r[c]:>10.3f}" for c in cols))
+    return "\n".join(lines), results
+
+
+def run(args) -> int:
+    workdir = os.path.abspath(args.workdir)
+    _set_paths(workdir)
+    import json
+
+    from nnunetv2.paths import nnUNet_raw, nnUNet_results
+
+    from nnunet_ssl.data.synthetic import SyntheticSpec
+    from nnunet_ssl.runner import train
+
+    t0 = time.time()
+    spec = SyntheticSpec(num_labeled=args.labeled, num_unlabeled=args.unlabeled, num_test=args.test, seed=args.seed)
+    prepare_dataset(spec)
+    pred_dirs = {}
+    for i, trainer in enumerate(args.trainers):
+        out = os.path.join(nnUNet_results.get(), DATASET_NAME, f"{trainer}__{PLANS}__{CONFIG}", "fold_all")
+        if not os.path.isfile(os.path.join(out, "checkpoint_final.pth")):
+            print(f"[3/4] training {trainer} ({args.epochs} epochs x {args.iters} iterations, CPU)")
+            t = time.time()
+            train(DATASET_ID, CONFIG, "all", trainer, PLANS, "cpu", continue_training=True, validate=False,
+                  budget={"num_epochs": args.epochs, "num_iterations_per_epoch": args.iters,
+                          "num_val_iterations_per_epoch": 2})
+            print(f"      {trainer} trained in {time.time() - t:.0f} s")
+        pred_dirs[trainer] = os.path.join(workdir, "predictions", trainer)
+        print(f"[4/4] predicting the test cases with {trainer}")
+        predict_test(trainer, pred_dirs[trainer])
+    raw = os.path.join(nnUNet_raw.get(), DATASET_NAME)
+    with open(os.path.join(raw, "dataset.json")) as f:
+        labels = json.load(f)["labels"]
+    table, results = dice_table(pred_dirs, os.path.join(raw, "labelsTs"), labels)
+    with open(os.path.join(workdir, "demo_results.json"), "w") as f:
+        json.dump({"dice": results, "epochs": args.epochs, "iterations_per_epoch": args.iters,
+                   "labeled": args.labeled, "unlabeled": args.unlabeled, "test": args.test}, f, indent=1)
+    print(f"\nTest-set Dice ({args.test} held-out volumes; {args.labeled} labeled + {args.unlabeled} unlabeled "
+          f"training volumes; {args.epochs}x{args.iters} iterations each):\n")
+    print(table)
+    print(f"\nfinished in {time.time() - t0:.0f} s; everything is in {workdir}")
+    return 0

@@ -1,0 +1,42 @@
+"""Train any nnU-Net trainer (nnU-Net's own included) with an explicit budget.
+
+``nnUNetv2_train`` fixes epochs and iterations inside each trainer class. Fair comparisons on a
+CPU budget (the demo, ``cpu-quick`` benchmarks, iteration-cost measurements) need the same short
+budget for ``nnUNetTrainer`` and for ours, so this runs nnU-Net's own steps
+(``get_trainer_from_args`` → ``maybe_load_checkpoint`` → ``run_training`` →
+``perform_actual_validation``) with the budget set on the trainer before it initialises.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+
+def build_trainer(dataset: Union[int, str], configuration: str, fold: Union[int, str], trainer: str = "nnUNetTrainer",
+                  plans: str = "nnUNetPlans", device: str = "cpu", continue_training: bool = False,
+                  budget: Optional[dict] = None):
+    """Instantiate a trainer as nnUNetv2_train does and apply ``budget`` (nnU-Net budget attributes)."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from nnunet_ssl.overrides import NNUNET_BUDGET_KEYS, apply_overrides
+
+    fold = fold if fold == "all" else int(fold)
+    t = get_trainer_from_args(str(dataset), configuration, fold, trainer, plans, continue_training,
+                              device=torch.device(device))
+    apply_overrides(t, NNUNET_BUDGET_KEYS, {k: v for k, v in (budget or {}).items() if v is not None})
+    return t
+
+
+def train(dataset: Union[int, str], configuration: str, fold: Union[int, str], trainer: str = "nnUNetTrainer",
+          plans: str = "nnUNetPlans", device: str = "cpu", continue_training: bool = False,
+          validate: bool = True, budget: Optional[dict] = None):
+    """Train (or continue) and run nnU-Net's final validation; returns the trainer."""
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    t = build_trainer(dataset, configuration, fold, trainer, plans, device, continue_training, budget)
+    maybe_load_checkpoint(t, continue_training, False, None)
+    t.run_training()
+    if validate:
+        t.perform_actual_validation(False)
+    return t
