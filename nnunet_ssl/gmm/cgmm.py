@@ -84,7 +84,10 @@ def class_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int, i
     """
     with _no_autocast(features.device):
         x, lab = _flat_valid(features, labels, num_classes, ignore_index)
-        counts = torch.bincount(lab, minlength=num_classes).float()
+        # index_add rather than bincount: bincount has no deterministic CUDA kernel; float64 keeps
+        # counts exact beyond 2**24 voxels
+        counts = torch.zeros(num_classes, dtype=torch.float64, device=x.device)
+        counts = counts.index_add(0, lab, torch.ones_like(lab, dtype=torch.float64)).float()
         sums = x.new_zeros(num_classes, x.shape[1]).index_add(0, lab, x)
     return counts, sums
 

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from nnunet_ssl.gmm.cgmm import labels_at
+from nnunet_ssl.gmm.cgmm import _no_autocast, labels_at
 from nnunet_ssl.losses.weighted import weighted_cross_entropy
 from nnunet_ssl.utils.distributed import all_reduce_sum
 from nnunet_ssl.weighting.functional import one_hot
@@ -39,10 +39,6 @@ __all__ = [
     "rectify_pseudo_labels",
     "rectification_rate",
 ]
-
-
-def _no_autocast(t: torch.Tensor):
-    return torch.autocast(device_type=t.device.type, enabled=False)
 
 
 def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
@@ -70,7 +66,7 @@ def loss_gt(log_post: torch.Tensor, labels: torch.Tensor, ignore_index: Optional
     cross-entropy's log-softmax leaves it unchanged (value and gradient).
     """
     lab, valid = labels_at(labels, log_post.shape[2:], log_post.shape[1], ignore_index)
-    with _no_autocast(log_post):
+    with _no_autocast(log_post.device):
         return weighted_cross_entropy(log_post.float(), lab, voxel_weights=None if valid is None else valid.float())
 
 
@@ -101,7 +97,7 @@ def loss_self(logits: torch.Tensor, cgmm_labels: torch.Tensor, mask: Optional[to
     if logits.shape[1] < 2:
         raise ValueError(f"loss_self needs at least 2 classes, got logits with {logits.shape[1]}")
     _check_label_map(logits, cgmm_labels, "cgmm_labels")
-    with _no_autocast(logits):
+    with _no_autocast(logits.device):
         z = logits.float()
         g = one_hot(cgmm_labels.detach().long(), z.shape[1])
         bce = -(g * torch.log_softmax(z, 1) + (1 - g) * _log1m_softmax(z)).mean(1)
@@ -123,7 +119,7 @@ def loss_max(mu: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.
     """
     if mu.ndim != 2:
         raise ValueError(f"expected class means (K, F), got shape {tuple(mu.shape)}")
-    with _no_autocast(mu):
+    with _no_autocast(mu.device):
         m = mu.float()
         if present is not None:
             if present.shape != (mu.shape[0],):
@@ -142,7 +138,7 @@ def loss_cons(prob_a: torch.Tensor, prob_b: torch.Tensor) -> torch.Tensor:
     CGMM posteriors (probabilities, ``(B, K, *spatial)``, e.g. ``log_posterior(...).exp()``) of
     networks A and B on unlabeled data. Both sides carry gradient."""
     _check_same_shape("prob_a", prob_a, "prob_b", prob_b)
-    with _no_autocast(prob_a):
+    with _no_autocast(prob_a.device):
         return (prob_a.float() - prob_b.float()).pow(2).mean()
 
 
@@ -156,7 +152,7 @@ def rectify_pseudo_labels(logits: torch.Tensor, log_post: torch.Tensor) -> torch
     :func:`rectification_rate` measures.
     """
     _check_same_shape("logits", logits, "log_post", log_post)
-    with torch.no_grad(), _no_autocast(logits):
+    with torch.no_grad(), _no_autocast(logits.device):
         return (torch.log_softmax(logits.float(), 1) + log_post.float()).argmax(1)
 
 
@@ -175,7 +171,7 @@ def loss_rectify(
     _check_label_map(logits_a, pseudo_a, "pseudo_a")
     _check_label_map(logits_b, pseudo_b, "pseudo_b")
     ce = ce or (lambda logits, labels: F.cross_entropy(logits.float(), labels))
-    with _no_autocast(logits_a):
+    with _no_autocast(logits_a.device):
         return ce(logits_a, pseudo_a.detach().long()) + ce(logits_b, pseudo_b.detach().long())
 
 
