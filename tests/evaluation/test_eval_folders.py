@@ -11,7 +11,6 @@ from nnunet_ssl.errors import UserError
 from nnunet_ssl.evaluation.folders import PER_CASE_CSV, SUMMARY_JSON, evaluate_folders
 
 sitk = pytest.importorskip("SimpleITK")
-pytest.importorskip("monai")
 
 LABELS = {"background": 0, "a": 1, "b": 2}
 SHAPE = (6, 5, 4)               # numpy (z, y, x)
@@ -48,6 +47,7 @@ def folders(tmp_path):
 
 
 def test_evaluate_folders_hand_values(folders, tmp_path):
+    pytest.importorskip("monai")  # surface metrics
     pred, ref = folders
     out = tmp_path / "eval"
     res = evaluate_folders(pred, ref, LABELS, ".nii.gz", tolerance_mm={"a": 6.0, "b": 1.0}, output_dir=out,
@@ -114,6 +114,7 @@ def test_worker_processes_give_the_serial_result(folders, tmp_path):
 
 
 def test_cli_labels_json(folders, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("monai")  # surface metrics
     pred, ref = folders
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": LABELS, "file_ending": ".nii.gz"}))
     (tmp_path / "tol.json").write_text(json.dumps({"a": 1.0, "b": 1.0}))
@@ -129,6 +130,7 @@ def test_cli_labels_json(folders, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_dataset_from_nnunet_raw(folders, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("monai")  # surface metrics
     pred, ref = folders
     raw = tmp_path / "raw"
     (raw / "Dataset777_Tiny").mkdir(parents=True)
