@@ -412,7 +412,7 @@ def plot_label_efficiency(results: Mapping, path: Path, baseline: str, metric: s
     ax.set_xticklabels([fraction_label(f) for f in fractions])
     ax.set_xlabel("labeled fraction")
     ax.set_ylabel(f"mean {_TITLES[metric]} over classes")
-    ax.set_title(f"Label efficiency (error bars: std over seeds)")
+    ax.set_title("Label efficiency (error bars: std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
