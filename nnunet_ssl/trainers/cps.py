@@ -22,6 +22,7 @@ class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
     """w_max of the CPS term."""
 
     extra_network_names = ("network_b",)
+    cost_model = {"forward": 4, "backward": 4}  # two networks on labeled+unlabeled
 
     def compute_losses(self, data, target, unlabeled):
         n = data.shape[0]

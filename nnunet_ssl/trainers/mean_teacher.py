@@ -24,6 +24,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
 
     teacher_sources = {"teacher": "network"}
     inference_model = "teacher"
+    cost_model = {"forward": 3, "backward": 2}  # student on labeled+unlabeled (2), teacher on unlabeled (1)
 
     def teacher_input(self, x: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(x.shape, generator=self.generator).to(x.device, x.dtype) * self.teacher_noise_std

@@ -82,6 +82,13 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     """EMA teachers: teacher name -> name of the network it follows ('network' or an extra name)."""
     inference_model: str = "network"
     """Which network or teacher is written as ``network_weights`` and used for validation."""
+    cost_model: Dict[str, float] = {}
+    """Expected compute per step for benchmarks/iteration_cost.py: {"forward": f, "backward": b}, passes
+    in units of one labeled batch (nnUNetTrainer: 1 and 1)."""
+
+    STRUCTURAL = ("requires_unlabeled", "extra_network_names", "teacher_sources", "inference_model", "cost_model",
+                  "requires_category_labels", "e2e_configurations")
+    """Annotated class attributes that describe the method's structure, not per-run settings."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -109,8 +116,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         for klass in reversed(cls.__mro__):
             if isinstance(klass, type) and issubclass(klass, nnUNetTrainerSemiSupervised):
                 for name in getattr(klass, "__annotations__", {}):
-                    if name not in ("requires_unlabeled", "extra_network_names", "teacher_sources",
-                                    "inference_model") and not name.startswith("_") and name not in names:
+                    if name not in cls.STRUCTURAL and not name.startswith("_") and name not in names:
                         names.append(name)
         return names
 

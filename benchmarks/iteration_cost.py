@@ -1,0 +1,183 @@
+"""Time per iteration and peak memory of every trainer against nnUNetTrainer, in one run.
+
+Each trainer runs in its own process on the demo dataset with CPU plans (32³ patches, features
+8/16/32, batch 2, unlabeled batch 2). Two timings per trainer:
+
+- ``step``: the training step alone, on one cached labeled and one cached unlabeled batch
+  (forward, backward, optimizer, EMA/tracker updates): what the method's compute costs;
+- ``step+data``: the real loop with nnU-Net's augmentation in the main process
+  (``nnUNet_n_proc_DA=0``), so the extra unlabeled stream is included.
+
+The expected ratio comes from the trainer's ``cost_model``: forward and backward passes in units
+of one labeled batch, with a backward counted as two forwards, against nnUNetTrainer's
+1 forward + 1 backward. The target: a trainer is not slower than its compute warrants, i.e. the
+measured ``step`` ratio is at most 15% above the expected one (larger batches run more efficiently
+per sample, so measured ratios below the expected one are normal).
+
+    python benchmarks/iteration_cost.py                  # all shipped trainers, writes results/iteration_cost.md
+    python benchmarks/iteration_cost.py --trainers nnUNetTrainerMeanTeacher --steps 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BASELINE = "nnUNetTrainer"
+
+
+def _set_paths(workdir: str) -> None:
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[var] = os.path.join(workdir, var)
+        os.makedirs(os.environ[var], exist_ok=True)
+    os.environ["nnUNet_compile"] = "false"
+
+
+def expected_ratio(trainer_cls) -> tuple[float, str]:
+    """(ratio, formula) from ``cost_model = {"forward": f, "backward": b}`` in labeled-batch units."""
+    model = getattr(trainer_cls, "cost_model", None)
+    if not model:
+        return float("nan"), "n/a"
+    f, b = float(model["forward"]), float(model["backward"])
+    return (f + 2 * b) / 3.0, f"({f:g} fwd + 2x{b:g} bwd) / 3"
+
+
+def worker(trainer: str, warmup: int, steps: int) -> dict:
+    """Measure one trainer in this process; returns a JSON-able dict."""
+    import itertools
+
+    import torch
+
+    from nnunet_ssl.commands.demo import CONFIG, DATASET_ID, PLANS
+    from nnunet_ssl.runner import build_trainer
+
+    torch.manual_seed(0)
+    t = build_trainer(DATASET_ID, CONFIG, "all", trainer, PLANS, "cpu", budget={"num_epochs": 1000,
+                                                                            "num_iterations_per_epoch": 1000})
+    t.disable_checkpointing = True
+    t.on_train_start()
+    t.on_train_epoch_start()
+    for _ in range(warmup):
+        t.train_step(next(t.dataloader_train))
+    start = time.perf_counter()
+    for _ in range(steps):
+        t.train_step(next(t.dataloader_train))
+    with_data = (time.perf_counter() - start) / steps
+    # cached batches: compute only
+    batch = next(t.dataloader_train)
+    unl = getattr(t, "dataloader_unlabeled", None)
+    if unl is not None:
+        t.dataloader_unlabeled = itertools.repeat(next(unl))
+    start = time.perf_counter()
+    for _ in range(steps):
+        t.train_step(batch)
+    compute = (time.perf_counter() - start) / steps
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    ratio, formula = expected_ratio(type(t))
+    for dl in (t.dataloader_train, t.dataloader_val, unl):
+        finish = getattr(dl, "_finish", None)
+        if finish:
+            finish()
+    return {"trainer": trainer, "step_s": compute, "step_data_s": with_data, "peak_rss_mb": peak_mb,
+            "expected_ratio": ratio, "expected_formula": formula, "torch_threads": torch.get_num_threads()}
+
+
+def shipped_trainers() -> list[str]:
+    import importlib
+    import inspect
+    import pkgutil
+
+    import nnunet_ssl.trainers as pkg
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    names = []
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        m = importlib.import_module(f"nnunet_ssl.trainers.{mod.name}")
+        for name, obj in vars(m).items():
+            if (inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == m.__name__
+                    and name.startswith("nnUNetTrainer") and name != "nnUNetTrainerSemiSupervised"
+                    and "_" not in name[len("nnUNetTrainer"):]
+                    and not getattr(obj, "requires_category_labels", False)):
+                names.append(name)
+    return sorted(names)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default=os.path.join(HERE, "..", "nnunet_ssl_demo"))
+    p.add_argument("--trainers", nargs="*", default=None)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--out", default=os.path.join(HERE, "results", "iteration_cost.md"))
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    workdir = os.path.abspath(args.workdir)
+    _set_paths(workdir)
+    if args.worker:
+        os.environ["nnUNet_n_proc_DA"] = "0"  # augmentation in this process (planning needs >= 1)
+        print("RESULT " + json.dumps(worker(args.worker, args.warmup, args.steps)))
+        return 0
+
+    from nnunet_ssl.commands.demo import prepare_dataset
+    from nnunet_ssl.data.synthetic import SyntheticSpec
+
+    prepare_dataset(SyntheticSpec(num_labeled=4, num_unlabeled=24, num_test=8))
+    trainers = args.trainers or shipped_trainers()
+    order = [BASELINE] + [t for t in trainers if t != BASELINE] + [BASELINE]  # baseline first and last
+    results = []
+    for name in order:
+        print(f"measuring {name} ...", flush=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--workdir", workdir,
+               "--warmup", str(args.warmup), "--steps", str(args.steps)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not line:
+            print(f"  failed: {proc.stderr[-1500:]}")
+            results.append({"trainer": name, "failed": True})
+            continue
+        r = json.loads(line[0][len("RESULT "):])
+        print(f"  step {r['step_s'] * 1000:.0f} ms, step+data {r['step_data_s'] * 1000:.0f} ms, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB")
+        results.append(r)
+
+    base = [r for r in results if r["trainer"] == BASELINE and not r.get("failed")]
+    b_step = sum(r["step_s"] for r in base) / len(base)
+    b_data = sum(r["step_data_s"] for r in base) / len(base)
+    b_mem = sum(r["peak_rss_mb"] for r in base) / len(base)
+    lines = ["# Iteration cost against nnUNetTrainer", "",
+             f"Demo dataset, CPU plans (patch 32³, features 8/16/32, batch 2 labeled + 2 unlabeled), "
+             f"{os.cpu_count()} CPU cores, {args.steps} timed steps after {args.warmup} warm-up steps, one process "
+             f"per trainer; nnUNetTrainer measured first and last (mean shown). `step`: training step on cached "
+             f"batches (compute); `step+data`: with nnU-Net's augmentation in the same process. Expected ratio = "
+             f"(forward + 2·backward passes)/3 in labeled-batch units from each trainer's `cost_model`.", "",
+             "| trainer | step [ms] | ratio | expected | formula | ≤ 1.15× expected | step+data [ms] | ratio | peak RSS [MB] |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| {BASELINE} | {b_step * 1000:.0f} | 1.00 | 1.00 | 1 fwd + 1 bwd | yes | {b_data * 1000:.0f} | 1.00 | "
+             f"{b_mem:.0f} |"]
+    for r in results:
+        if r["trainer"] == BASELINE:
+            continue
+        if r.get("failed"):
+            lines.append(f"| {r['trainer']} | failed | | | | | | | |")
+            continue
+        ratio = r["step_s"] / b_step
+        exp = r["expected_ratio"]
+        ok = "n/a" if exp != exp else ("yes" if ratio <= 1.15 * exp else "**no**")
+        lines.append(f"| {r['trainer']} | {r['step_s'] * 1000:.0f} | {ratio:.2f} | {exp:.2f} | {r['expected_formula']} "
+                     f"| {ok} | {r['step_data_s'] * 1000:.0f} | {r['step_data_s'] / b_data:.2f} | "
+                     f"{r['peak_rss_mb']:.0f} |")
+    lines += ["", f"Command: `python benchmarks/iteration_cost.py --steps {args.steps} --warmup {args.warmup}`", ""]
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
