@@ -8,6 +8,9 @@ budget for ``nnUNetTrainer`` and for ours, so this runs nnU-Net's own steps
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from typing import Optional, Union
 
 import torch
@@ -28,15 +31,48 @@ def build_trainer(dataset: Union[int, str], configuration: str, fold: Union[int,
     return t
 
 
+@contextlib.contextmanager
+def _quiet_with_progress(trainer, log_path: str):
+    """Send nnU-Net's console output to ``log_path`` and show one progress bar over epochs instead."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=trainer.num_epochs, desc=type(trainer).__name__, unit="epoch", file=sys.stderr,
+               dynamic_ncols=True)
+    original = trainer.on_epoch_end
+
+    def on_epoch_end():
+        original()
+        log = trainer.logger
+        bar.n = trainer.current_epoch
+        bar.set_postfix(loss=f"{log.get_value('train_losses', step=-1):.3f}",
+                        pseudo_dice=f"{log.get_value('ema_fg_dice', step=-1):.3f}", refresh=False)
+        bar.refresh()
+
+    trainer.on_epoch_end = on_epoch_end  # this instance only; nnU-Net's class is untouched
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as f, contextlib.redirect_stdout(f):
+        try:
+            yield
+        finally:
+            bar.close()
+            del trainer.on_epoch_end
+
+
 def train(dataset: Union[int, str], configuration: str, fold: Union[int, str], trainer: str = "nnUNetTrainer",
           plans: str = "nnUNetPlans", device: str = "cpu", continue_training: bool = False,
-          validate: bool = True, budget: Optional[dict] = None):
-    """Train (or continue) and run nnU-Net's final validation; returns the trainer."""
+          validate: bool = True, budget: Optional[dict] = None, progress: bool = False):
+    """Train (or continue) and run nnU-Net's final validation; returns the trainer.
+
+    With ``progress``, nnU-Net's console output goes to ``<output_folder>/console.log`` and a
+    progress bar over epochs is shown instead.
+    """
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
     t = build_trainer(dataset, configuration, fold, trainer, plans, device, continue_training, budget)
-    maybe_load_checkpoint(t, continue_training, False, None)
-    t.run_training()
-    if validate:
-        t.perform_actual_validation(False)
+    ctx = _quiet_with_progress(t, os.path.join(t.output_folder, "console.log")) if progress else contextlib.nullcontext()
+    with ctx:
+        maybe_load_checkpoint(t, continue_training, False, None)
+        t.run_training()
+        if validate:
+            t.perform_actual_validation(False)
     return t

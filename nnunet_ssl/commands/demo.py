@@ -12,6 +12,7 @@ rerunning reuses finished steps, so an interrupted demo continues where it stopp
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -65,9 +66,11 @@ def prepare_dataset(spec, num_processes: int = 2) -> None:
                                                                           preprocess)
 
         print("[2/4] nnU-Net planning and preprocessing")
-        extract_fingerprints([DATASET_ID], num_processes=num_processes, check_dataset_integrity=True)
-        plan_experiments([DATASET_ID])
-        preprocess([DATASET_ID], configurations=(CONFIG,), num_processes=(num_processes,))
+        with open(os.path.join(nnUNet_preprocessed.get(), "..", "demo_console.log"), "a") as log, \
+                contextlib.redirect_stdout(log):
+            extract_fingerprints([DATASET_ID], num_processes=num_processes, check_dataset_integrity=True)
+            plan_experiments([DATASET_ID])
+            preprocess([DATASET_ID], configurations=(CONFIG,), num_processes=(num_processes,))
         write_shrunk_plans(pre, CONFIG, "nnUNetPlans", PLANS, **CPU_PRESETS["3d"])
     preprocess_unlabeled(DATASET_ID, CONFIG, PLANS, num_processes=num_processes)
 
@@ -136,11 +139,12 @@ def run(args) -> int:
             t = time.time()
             train(DATASET_ID, CONFIG, "all", trainer, PLANS, "cpu", continue_training=True, validate=False,
                   budget={"num_epochs": args.epochs, "num_iterations_per_epoch": args.iters,
-                          "num_val_iterations_per_epoch": 2})
-            print(f"      {trainer} trained in {time.time() - t:.0f} s")
+                          "num_val_iterations_per_epoch": 2}, progress=True)
+            print(f"      {trainer} trained in {time.time() - t:.0f} s (nnU-Net's log: {out})")
         pred_dirs[trainer] = os.path.join(workdir, "predictions", trainer)
         print(f"[4/4] predicting the test cases with {trainer}")
-        predict_test(trainer, pred_dirs[trainer])
+        with open(os.path.join(workdir, "demo_console.log"), "a") as log, contextlib.redirect_stdout(log):
+            predict_test(trainer, pred_dirs[trainer])
     raw = os.path.join(nnUNet_raw.get(), DATASET_NAME)
     with open(os.path.join(raw, "dataset.json")) as f:
         labels = json.load(f)["labels"]
