@@ -18,6 +18,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from common import write_report  # noqa: E402
 
 
 def main() -> int:
@@ -53,10 +55,7 @@ def main() -> int:
     lines += ["", f"Wall time {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores. Reproduce: "
                   f"`python benchmarks/demo_quality.py --trainers {' '.join(args.trainers)} --epochs {args.epochs} "
                   f"--iters {args.iters} --test {args.test}` (runs `{rel.split(' --trainers')[0]} ...`).", ""]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    write_report(lines, args.out)
     return 0
 
 

@@ -28,6 +28,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from common import write_report  # noqa: E402
 BASELINE = "nnUNetTrainer"
 
 
@@ -172,10 +174,7 @@ def main() -> int:
                      f"| {ok} | {r['step_data_s'] * 1000:.0f} | {r['step_data_s'] / b_data:.2f} | "
                      f"{r['peak_rss_mb']:.0f} |")
     lines += ["", f"Command: `python benchmarks/iteration_cost.py --steps {args.steps} --warmup {args.warmup}`", ""]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    write_report(lines, args.out)
     return 0
 
 
