@@ -62,33 +62,23 @@ def prepare_dataset(spec, num_processes: int = 2) -> None:
         generate_dataset(raw, spec)
     pre = os.path.join(nnUNet_preprocessed.get(), DATASET_NAME)
     if not os.path.isfile(os.path.join(pre, PLANS + ".json")):
-        from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
-                                                                          preprocess)
+        from nnunet_ssl.pipeline import plan_and_preprocess
 
         print("[2/4] nnU-Net planning and preprocessing")
         with open(os.path.join(nnUNet_preprocessed.get(), "..", "demo_console.log"), "a") as log, \
                 contextlib.redirect_stdout(log):
-            extract_fingerprints([DATASET_ID], num_processes=num_processes, check_dataset_integrity=True)
-            plan_experiments([DATASET_ID])
-            preprocess([DATASET_ID], configurations=(CONFIG,), num_processes=(num_processes,))
+            plan_and_preprocess(DATASET_ID, (CONFIG,), num_processes)
         write_shrunk_plans(pre, CONFIG, "nnUNetPlans", PLANS, **CPU_PRESETS["3d"])
     preprocess_unlabeled(DATASET_ID, CONFIG, PLANS, num_processes=num_processes)
 
 
 def predict_test(trainer: str, out_dir: str) -> str:
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.paths import nnUNet_raw, nnUNet_results
-    import torch
+    from nnunetv2.paths import nnUNet_raw
 
-    model_dir = os.path.join(nnUNet_results.get(), DATASET_NAME, f"{trainer}__{PLANS}__{CONFIG}")
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(model_dir, use_folds=("all",), checkpoint_name="checkpoint_final.pth")
-    predictor.predict_from_files(os.path.join(nnUNet_raw.get(), DATASET_NAME, "imagesTs"), out_dir,
-                                 save_probabilities=False, overwrite=True, num_processes_preprocessing=1,
-                                 num_processes_segmentation_export=1)
-    return out_dir
+    from nnunet_ssl.pipeline import model_folder, predict_folder
+
+    return predict_folder(model_folder(DATASET_NAME, trainer, PLANS, CONFIG),
+                          os.path.join(nnUNet_raw.get(), DATASET_NAME, "imagesTs"), out_dir)
 
 
 def dice_table(pred_dirs: dict, ref_dir: str, labels: dict) -> tuple[str, dict]:
