@@ -54,6 +54,14 @@ def _encoder_parts(network: nn.Module):
     return net, key, stages, encoder
 
 
+def encoder_module(network: nn.Module) -> nn.Module:
+    """The encoder of an nnU-Net ``network`` (possibly DDP/compile-wrapped): the module holding the
+    stages. Its parameters are the encoder's; every other parameter of the network is the decoder's
+    (note that a ``UNetDecoder`` keeps a reference to the encoder, so ``decoder.parameters()``
+    includes the encoder's)."""
+    return _encoder_parts(network)[3]
+
+
 def encoder_stage_channels(network: nn.Module) -> List[int]:
     """Output channels of every encoder stage (``encoder.output_channels`` of dynamic_network_architectures)."""
     _, key, stages, encoder = _encoder_parts(network)

@@ -1,0 +1,407 @@
+"""Category-level supervision: class-wise contrastive learning with multi-scale projection heads
+(Zhang, Hayashi, Oda, Mori, "Towards better laparoscopic video segmentation: a class-wise
+contrastive learning approach with multi-scale feature extraction", Healthc. Technol. Lett. 11(2-3),
+2024), and the SimCLR baseline (Chen et al., ICML 2020).
+
+Data: few images with pixel labels (``imagesTr``/``labelsTr``), many with only image-level
+category labels (``imagesUnlabeled`` + ``categoryLabels.json``, see
+:mod:`nnunet_ssl.data.category_labels`).
+
+``L = L_seg + α·L_DCL + β·L_cls`` with
+
+- ``L_seg = GDL + focal`` on the pixel-labeled patches, through nnU-Net's deep supervision (the
+  same per-scale weights nnU-Net uses; off when the trainer disables deep supervision);
+- ``L_DCL = Σ_scales SupCon(Z_s)`` over every patch that has a category label: positives are
+  patches with the same category set (and stage, when both have one), every other labeled patch
+  is a negative; unlabeled images without a category entry are left out (never negatives);
+- ``L_cls`` = BCE-with-logits of the multi-hot category vector (background excluded) predicted
+  by a classification head on the deepest encoder features.
+
+Category vectors: a pixel-labeled patch uses the foreground classes present in its own
+(augmented, cropped) mask, exact for what the network sees; an unlabeled patch uses its image's
+label from ``categoryLabels.json`` (an image-level label: a random crop can miss a listed class,
+which the method accepts as label noise). Stages come from ``categoryLabels.json`` for both.
+
+Heads are training-only: they are extra trainable modules of the trainer (``extra_networks``:
+in the optimizer, gradient-clipped, DDP-wrapped, saved and restored with the checkpoint's
+``nnunet_ssl`` state), the encoder features reach them through forward hooks
+(:class:`~nnunet_ssl.heads.projection.EncoderTaps`), so ``network_weights`` is a plain nnU-Net
+network and ``nnUNetv2_predict`` works unchanged.
+
+The base class' ``consistency_weight``, ``rampup_fraction`` and ``ema_decay`` are not used here
+(category labels are labels: no ramp-up, no teacher).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+from nnunet_ssl.data.category_labels import (CATEGORY_LABELS_FILE, CategoryLabel, category_vector,
+                                             classes_in_mask, load_category_labels, read_mask_classes)
+from nnunet_ssl.errors import UserError
+from nnunet_ssl.heads.projection import (ClassificationHead, EncoderTaps, MultiScaleProjectionHeads,
+                                         encoder_conv_op, encoder_module, encoder_stage_channels)
+from nnunet_ssl.losses.contrastive import multiscale_supcon_loss, positive_pair_mask, simclr_positive_mask
+from nnunet_ssl.losses.segmentation import GeneralisedDiceFocalLoss
+from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised, split_output
+from nnunet_ssl.utils.modules import full_resolution, unwrap
+
+PROJECTION = "projection_heads"
+CLASSIFIER = "classification_head"
+PRETRAIN, DECODER = "encoder_pretraining", "decoder_training"
+
+
+# ---------------------------------------------------------------------------------------------- pure parts
+def batch_categories(labeled_target: torch.Tensor, labeled_keys: Sequence[str], unlabeled_keys: Sequence[str],
+                     labels: Mapping[str, CategoryLabel], num_classes: int
+                     ) -> Tuple[torch.Tensor, List[Optional[str]], torch.Tensor]:
+    """Category targets of a stacked batch ``[labeled; unlabeled]`` of ``N = B + B_u`` patches.
+
+    ``labeled_target``: ``(B, 1, *spatial)`` full-resolution label map of the labeled patches; their
+    classes are the foreground values ``1..num_classes-1`` present in it (the ignore label, which
+    nnU-Net gives the value ``num_classes``, never counts). Unlabeled patch ``j`` uses
+    ``labels[unlabeled_keys[j]]``. Stages come from ``labels`` for both (``None`` if absent).
+
+    Returns ``vectors`` ``(N, num_classes - 1)`` float32 multi-hot (zeros where unknown),
+    ``stages`` (``N`` entries) and ``keep`` ``(N,)`` bool: the patches that have a category label.
+    """
+    b = labeled_target.shape[0]
+    if len(labeled_keys) not in (0, b):
+        raise ValueError(f"got {len(labeled_keys)} labeled keys for {b} labeled patches")
+    values = range(1, num_classes)
+    vectors, stages, keep = [], [], []
+    for i in range(b):
+        key = labeled_keys[i] if labeled_keys else None
+        stage = labels[key].stage if key in labels else None
+        vectors.append(category_vector(CategoryLabel(classes_in_mask(labeled_target[i], values), stage), num_classes))
+        stages.append(stage)
+        keep.append(True)
+    for key in unlabeled_keys:
+        label = labels.get(key)
+        vectors.append(category_vector(label, num_classes) if label is not None else torch.zeros(num_classes - 1))
+        stages.append(label.stage if label is not None else None)
+        keep.append(label is not None)
+    return torch.stack(vectors), stages, torch.tensor(keep, dtype=torch.bool)
+
+
+def flip_and_jitter(x: torch.Tensor, flips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """A second view for SimCLR: ``x'[b] = flip_{axes with flips[b]}(x[b]) · scale[b] + shift[b]``.
+
+    ``x`` ``(B, C, *spatial)``; ``flips`` ``(B, n_spatial)`` bool; ``scale``, ``shift`` ``(B, C)``
+    (per-sample, per-channel intensity jitter on the normalised intensities).
+    """
+    n_spatial = x.dim() - 2
+    if flips.shape != (x.shape[0], n_spatial):
+        raise ValueError(f"flips must be ({x.shape[0]}, {n_spatial}) for x of shape {tuple(x.shape)}, "
+                         f"got {tuple(flips.shape)}")
+    if scale.shape != x.shape[:2] or shift.shape != x.shape[:2]:
+        raise ValueError(f"scale and shift must be {tuple(x.shape[:2])}, got {tuple(scale.shape)} and "
+                         f"{tuple(shift.shape)}")
+    per_sample = (x.shape[0],) + (1,) * (x.dim() - 1)
+    out = x
+    for d in range(n_spatial):
+        out = torch.where(flips[:, d].to(x.device).view(per_sample), out.flip(2 + d), out)
+    per_channel = x.shape[:2] + (1,) * n_spatial
+    return out * scale.to(x).view(per_channel) + shift.to(x).view(per_channel)
+
+
+def sample_view_parameters(shape: Sequence[int], generator: torch.Generator, flip_probability: float,
+                           scale_range: float, shift_std: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(flips, scale, shift)`` for :func:`flip_and_jitter` of a batch of ``shape`` ``(B, C, *spatial)``:
+    each axis flipped with ``flip_probability``, ``scale ~ U(1 - scale_range, 1 + scale_range)``,
+    ``shift ~ N(0, shift_std²)``. Drawn on the CPU from ``generator``."""
+    b, c, n_spatial = shape[0], shape[1], len(shape) - 2
+    flips = torch.rand((b, n_spatial), generator=generator) < flip_probability
+    scale = 1 + (2 * torch.rand((b, c), generator=generator) - 1) * scale_range
+    shift = torch.randn((b, c), generator=generator) * shift_std
+    return flips, scale, shift
+
+
+class _KeyedStream:
+    """The unlabeled batch iterator, remembering the case ids (``keys``) of its latest batch."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.keys: List[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.stream)
+        self.keys = [str(k) for k in batch["keys"]]
+        return batch
+
+    def __getattr__(self, name):  # _finish etc. of nnU-Net's augmenters
+        return getattr(self.stream, name)
+
+
+# ---------------------------------------------------------------------------------------------- trainers
+class ContrastiveSegmentationTrainer(nnUNetTrainerSemiSupervised):
+    """Shared part of the DCL and SimCLR trainers (not a trainer itself): ``L_seg = GDL + focal``
+    (with nnU-Net's deep supervision), projection heads on the encoder stages fed by hooks,
+    heads as training-only extra networks."""
+
+    contrastive_weight: float = 0.1
+    """α: weight of the (multi-scale) contrastive term, summed over the scales."""
+    temperature: float = 0.1
+    """τ of the supervised contrastive loss."""
+    multiscale: bool = True
+    """Project every encoder stage (MSPH) if True, else only the deepest one."""
+    proj_dim: int = 64
+    """Dimension of the L2-normalised embeddings."""
+    proj_hidden: int = 256
+    """Hidden width of the projection MLPs."""
+    gdl_weight: float = 1.0
+    """Weight of the generalised Dice loss in L_seg."""
+    focal_weight: float = 1.0
+    """Weight of the focal loss in L_seg."""
+    focal_gamma: float = 2.0
+    """γ of the focal loss."""
+
+    requires_category_labels = False
+
+    # ---- networks, heads, loss
+    @property
+    def extra_network_names(self) -> Tuple[str, ...]:
+        return (PROJECTION,)
+
+    def build_extra_network(self, name: str) -> nn.Module:
+        channels = encoder_stage_channels(self.network)
+        if name == PROJECTION:
+            return MultiScaleProjectionHeads(channels if self.multiscale else channels[-1:],
+                                             encoder_conv_op(self.network), self.proj_dim, self.proj_hidden)
+        if name == CLASSIFIER:
+            return ClassificationHead(channels[-1], self.label_manager.num_segmentation_heads - 1)
+        return super().build_extra_network(name)
+
+    def initialize(self):
+        super().initialize()
+        self.encoder_taps = EncoderTaps(self.network)  # before the first forward (torch.compile)
+
+    def _build_loss(self):
+        """nnU-Net's deep-supervision wrapper and weights around ``GDL + focal``."""
+        seg = GeneralisedDiceFocalLoss(self.gdl_weight, self.focal_weight, self.focal_gamma,
+                                       ignore_index=self.label_manager.ignore_label)
+        loss = super()._build_loss()
+        if isinstance(loss, DeepSupervisionWrapper):
+            loss.loss = seg
+            return loss
+        return seg
+
+    def check_plain_labels(self) -> None:
+        if self.label_manager.has_regions:
+            raise SystemExit(f"nnunet_ssl: error: {type(self).__name__} needs plain class labels, but dataset.json "
+                             f"defines regions; use a trainer without category-level supervision")
+
+    def on_train_start(self):
+        self.check_plain_labels()
+        super().on_train_start()
+
+    def project(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Embeddings ``[(N, proj_dim)]`` of the encoder stage outputs (all, or the deepest)."""
+        return self.extra_networks[PROJECTION](list(features) if self.multiscale else list(features[-1:]))
+
+
+class nnUNetTrainerDCL(ContrastiveSegmentationTrainer):
+    """Class-wise contrastive learning + segmentation: ``L = L_seg + α·Σ_scales SupCon(Z_s)``.
+
+    Positive pairs: patches with the same category set (and stage). Needs ``categoryLabels.json``
+    giving at least one image without pixel labels a category label.
+    """
+
+    cls_weight: float = 0.0
+    """β: weight of the multi-label classification loss (0: no classification head)."""
+
+    requires_category_labels = True
+
+    @property
+    def extra_network_names(self) -> Tuple[str, ...]:
+        return (PROJECTION, CLASSIFIER) if self.cls_weight > 0 else (PROJECTION,)
+
+    # ---- category labels
+    def load_category_labels(self) -> Dict[str, CategoryLabel]:
+        """Validated category labels of the raw dataset; :class:`UserError` if there are none for
+        images without pixel labels."""
+        raw_base = os.environ.get("nnUNet_raw")
+        name = self.plans_manager.dataset_name
+        if not raw_base or not os.path.isdir(os.path.join(raw_base, name)):
+            raise UserError(f"its category labels are read from nnUNet_raw/{name}/{CATEGORY_LABELS_FILE}, but "
+                            f"nnUNet_raw is {'not set' if not raw_base else repr(raw_base) + ' without ' + name}")
+        raw = os.path.join(raw_base, name)
+        masks = read_mask_classes(raw, self.dataset_json)
+        labels = load_category_labels(raw, self.dataset_json, mask_classes=masks)
+        if not set(labels) - set(masks):
+            raise UserError(f"{os.path.join(raw, CATEGORY_LABELS_FILE)} gives no image without a pixel label (in "
+                            f"imagesUnlabeled) a category label; add entries naming the classes each one contains")
+        return labels
+
+    def on_train_start(self):
+        self.check_plain_labels()
+        try:
+            self.category_labels = self.load_category_labels()
+        except UserError as e:
+            raise SystemExit(f"nnunet_ssl: error: {type(self).__name__} trains on image-level category labels; "
+                             f"{e}") from None
+        super().on_train_start()
+        missing = sorted(set(self._unlabeled_cases) - set(self.category_labels))
+        self.print_to_log_file(f"category labels: {len(self.category_labels)} images, "
+                               f"{sum(lab.stage is not None for lab in self.category_labels.values())} with a stage; "
+                               f"{len(missing)} of {len(self._unlabeled_cases)} unlabeled images have none and are "
+                               f"left out of the category losses")
+
+    def get_unlabeled_dataloader(self, cases):
+        return _KeyedStream(super().get_unlabeled_dataloader(cases))
+
+    def train_step(self, batch: dict) -> dict:
+        self._labeled_keys = [str(k) for k in batch.get("keys", ())]
+        return super().train_step(batch)
+
+    # ---- losses
+    def category_terms(self, features: Sequence[torch.Tensor], target, n_labeled: int) -> Dict[str, torch.Tensor]:
+        """``loss_dcl``, ``loss_cls`` (if β > 0) and monitors over the patches with a category label.
+        ``features``: encoder stage outputs of the stacked batch ``[labeled; unlabeled]``."""
+        vectors, stages, keep = batch_categories(full_resolution(target)[:n_labeled],
+                                                 getattr(self, "_labeled_keys", []), self.dataloader_unlabeled.keys,
+                                                 self.category_labels, self.label_manager.num_segmentation_heads)
+        idx = keep.nonzero().squeeze(1).to(features[0].device)
+        vectors = vectors.to(features[0].device)[idx]
+        positives = positive_pair_mask(vectors, [stages[i] for i in idx.tolist()])
+        z = [zs[idx] for zs in self.project(features)]
+        terms = {"loss_dcl": multiscale_supcon_loss(z, positives, self.temperature),
+                 "n_category": float(len(idx)),
+                 "positive_anchor_rate": positives.any(1).float().mean() if len(idx) else 0.0}
+        if self.cls_weight > 0:
+            logits = self.extra_networks[CLASSIFIER](features[-1])[idx].float()
+            terms["loss_cls"] = (F.binary_cross_entropy_with_logits(logits, vectors) if len(idx)
+                                 else logits.sum() * 0.0)  # no NaN from an empty mean
+        return terms
+
+    def category_loss(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        loss = self.contrastive_weight * terms["loss_dcl"]
+        return loss + self.cls_weight * terms["loss_cls"] if self.cls_weight > 0 else loss
+
+    def compute_losses(self, data, target, unlabeled):
+        n = data.shape[0]
+        out_l, _ = split_output(self.network(torch.cat([data, unlabeled])), n)
+        terms = self.category_terms(self.encoder_taps.pop(), target, n)
+        loss_seg = self.loss(out_l, target)
+        return {"loss": loss_seg + self.category_loss(terms), "loss_seg": loss_seg, **terms}
+
+
+class nnUNetTrainerDCLCls(nnUNetTrainerDCL):
+    """DCL + multi-label classification of the category vector: ``L = L_seg + α·L_DCL + β·L_cls``."""
+
+    cls_weight: float = 0.5
+    """β: weight of the multi-label classification loss (BCE-with-logits)."""
+
+
+class nnUNetTrainerDCLTwoStep(nnUNetTrainerDCLCls):
+    """Two steps in one run: (1) for the first ``pretrain_fraction`` of all iterations the encoder
+    (+ heads) is trained with ``α·L_DCL + β·L_cls`` only, the decoder frozen; (2) then the encoder is
+    frozen and the decoder trained with ``L_seg`` on the labeled patches only.
+
+    Freezing: the frozen part gets ``requires_grad=False`` but keeps its place in the optimizer (so
+    the optimizer state round-trips across the boundary and ``--c`` works in either phase); its
+    ``.grad`` stays ``None``, so SGD leaves it exactly unchanged (no momentum, no weight decay). In
+    step 2 the encoder is also put in eval mode each epoch (frozen BatchNorm statistics, if any).
+    The phase is saved with the checkpoint; a run resumed in step 2 stays there. Under DDP the
+    network is wrapped anew at each switch (DDP registers the parameters needing gradients when it
+    is built).
+    """
+
+    pretrain_fraction: float = 0.5
+    """Fraction of all training iterations spent on encoder pre-training (step 1), in (0, 1)."""
+
+    phase = None  # PRETRAIN or DECODER once training starts; saved with the checkpoint (not a hyper-parameter)
+
+    @property
+    def pretrain_iterations(self) -> int:
+        return int(round(self.pretrain_fraction * self.total_iterations))
+
+    def enter_phase(self, phase: str) -> None:
+        if phase not in (PRETRAIN, DECODER):
+            raise ValueError(f"phase must be {PRETRAIN!r} or {DECODER!r}, got {phase!r}")
+        encoder = {id(p) for p in encoder_module(self.network).parameters()}
+        for p in unwrap(self.network).parameters():
+            p.requires_grad_((id(p) in encoder) == (phase == PRETRAIN))
+        for name in self.extra_network_names:
+            for p in self.extra_networks[name].parameters():
+                p.requires_grad_(phase == PRETRAIN)
+        if self.is_ddp and phase != self.phase:
+            self.network = nn.parallel.DistributedDataParallel(self.network.module, device_ids=[self.local_rank])
+        if phase != self.phase:
+            self.print_to_log_file(f"DCL two-step: phase {phase} at iteration {self.global_step}")
+        self.phase = phase
+
+    def on_train_start(self):
+        if not 0 < self.pretrain_fraction < 1:
+            raise SystemExit(f"nnunet_ssl: error: pretrain_fraction must be in (0, 1), got {self.pretrain_fraction}")
+        super().on_train_start()
+        self.enter_phase(self.phase or PRETRAIN)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        if self.phase == DECODER:
+            encoder_module(self.network).eval()
+
+    def extra_state_dict(self) -> dict:
+        return {"phase": self.phase}
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        if state.get("phase") is not None:
+            self.enter_phase(state["phase"])
+
+    def compute_losses(self, data, target, unlabeled):
+        if self.phase == PRETRAIN and self.global_step >= self.pretrain_iterations:
+            self.enter_phase(DECODER)
+        n = data.shape[0]
+        if self.phase == PRETRAIN:  # the decoder's output is unused (frozen; DDP needs the full forward)
+            self.network(torch.cat([data, unlabeled]))
+            terms = self.category_terms(self.encoder_taps.pop(), target, n)
+            return {"loss": self.category_loss(terms), **terms, "phase": 0.0}
+        out = self.network(data)
+        self.encoder_taps.clear()
+        loss_seg = self.loss(out, target)
+        return {"loss": loss_seg, "loss_seg": loss_seg, "phase": 1.0}
+
+
+class nnUNetTrainerSimCLR(ContrastiveSegmentationTrainer):
+    """SimCLR baseline of the seed: ``L = L_seg + α·NT-Xent`` where each unlabeled patch's only
+    positive is its second view (SupCon with one positive is SimCLR's NT-Xent).
+
+    View 1 is the unlabeled patch as augmented by nnU-Net; view 2 is a cheap in-trainer
+    augmentation of it (:func:`flip_and_jitter`: random flips along every spatial axis and a
+    per-channel intensity scale and shift, drawn from ``self.generator``). Projection on the
+    deepest encoder stage only by default (SimCLR's single head; ``multiscale=True`` for MSPH).
+    Needs no category labels.
+    """
+
+    multiscale: bool = False
+    """Project every encoder stage (MSPH) if True, else only the deepest one (SimCLR)."""
+    view_flip_probability: float = 0.5
+    """Probability of flipping view 2 along each spatial axis."""
+    view_scale_range: float = 0.2
+    """View 2 intensities are scaled by U(1 - r, 1 + r) per sample and channel."""
+    view_shift_std: float = 0.1
+    """View 2 intensities are shifted by N(0, σ²) per sample and channel."""
+
+    def second_view(self, x: torch.Tensor) -> torch.Tensor:
+        flips, scale, shift = sample_view_parameters(x.shape, self.generator, self.view_flip_probability,
+                                                     self.view_scale_range, self.view_shift_std)
+        return flip_and_jitter(x, flips, scale, shift)
+
+    def compute_losses(self, data, target, unlabeled):
+        n, m = data.shape[0], unlabeled.shape[0]
+        out_l, _ = split_output(self.network(torch.cat([data, unlabeled, self.second_view(unlabeled)])), n)
+        z = [zs[n:] for zs in self.project(self.encoder_taps.pop())]
+        loss_con = multiscale_supcon_loss(z, simclr_positive_mask(m, device=data.device), self.temperature)
+        loss_seg = self.loss(out_l, target)
+        return {"loss": loss_seg + self.contrastive_weight * loss_con, "loss_seg": loss_seg, "loss_simclr": loss_con}
