@@ -435,28 +435,46 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         os.replace(tmp, filename)  # a crash while writing never leaves a truncated checkpoint
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        if not isinstance(filename_or_checkpoint, str):
-            raise TypeError("nnunet_ssl trainers load checkpoints from a file name")
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        """Restore a checkpoint written by :meth:`save_checkpoint` (or by a plain nnU-Net trainer, in which
+        case every network and teacher starts from its ``network_weights``, e.g. for fine-tuning)."""
+        if not self.was_initialized:
+            self.initialize()
+        if isinstance(filename_or_checkpoint, str):
+            checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        else:
+            checkpoint = filename_or_checkpoint
+        # nnU-Net's bookkeeping, as nnUNetTrainer.load_checkpoint restores it
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
         state = checkpoint.get(CHECKPOINT_KEY)
-        if state is None:  # a checkpoint of a plain nnU-Net trainer: every network starts from its weights
+        if state is None:
             self.print_to_log_file("checkpoint has no nnunet_ssl state; all networks and teachers start from "
                                    "its network_weights")
-            for net in self.trainable_networks().values():
-                unwrap(net).load_state_dict(checkpoint["network_weights"])
-            for t in self.teachers.values():
-                unwrap(t.module).load_state_dict(checkpoint["network_weights"])
-            return
-        for name, net in self.trainable_networks().items():
-            unwrap(net).load_state_dict(state["networks"][name])
-        for name, t in self.teachers.items():
-            unwrap(t.module).load_state_dict(state["teachers"][name])
-        for name, tracker in self.trackers.items():
-            if name in state["trackers"]:
-                tracker.load_state_dict(state["trackers"][name])
-        self.global_step = int(state["global_step"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        self.load_extra_state_dict(state.get("extra", {}))
+            weights = {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint["network_weights"].items()}
+            for m in self.all_models().values():
+                unwrap(m.module if isinstance(m, EMATeacher) else m).load_state_dict(weights)
+        else:
+            for name, net in self.trainable_networks().items():
+                unwrap(net).load_state_dict(state["networks"][name])
+            for name, t in self.teachers.items():
+                unwrap(t.module).load_state_dict(state["teachers"][name])
+            for name, tracker in self.trackers.items():
+                if name in state["trackers"]:
+                    tracker.load_state_dict(state["trackers"][name])
+            self.global_step = int(state["global_step"])
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            np.random.set_state(state["numpy_rng"])
+            self.load_extra_state_dict(state.get("extra", {}))
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        except ValueError as e:  # e.g. a plain nnU-Net checkpoint: one network's parameters only
+            if state is not None:
+                raise
+            self.print_to_log_file(f"optimizer state not restored ({e}); starting with a fresh optimizer")
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
