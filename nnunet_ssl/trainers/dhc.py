@@ -1,0 +1,194 @@
+"""DHC — Dual-debiased Heterogeneous Co-training (Wang & Li, MICCAI 2023) as an nnU-Net trainer, and
+the class-weighted two-student base it shares with DMPF (:mod:`nnunet_ssl.trainers.dmpf`).
+
+Both methods train two students, A (``self.network``) and B (``network_b``), each with its own
+class-weight tracker (:mod:`nnunet_ssl.weighting`): the trackers are updated once per step from the
+step's own detached float32 outputs, before the losses that use them, and are checkpointed with
+the run (``self.trackers``). DisW-based trackers start from the labeled training set's class
+histogram. The per-class weights are logged every epoch as ``w_A``/``w_B`` and drawn in
+``progress_ssl.png`` next to nnU-Net's ``progress.png``.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+import torch
+
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+from nnunet_ssl.losses.consistency import hard_pseudo_labels
+from nnunet_ssl.losses.weighted import WeightedDiceCE, weighted_cross_entropy
+from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised, split_output
+from nnunet_ssl.utils.modules import full_resolution
+from nnunet_ssl.weighting.trackers import build_tracker
+
+__all__ = ["labeled_class_histogram", "weighted_cps", "ClassWeightedPairTrainer", "nnUNetTrainerDHC"]
+
+
+def labeled_class_histogram(dataset, num_classes: int) -> np.ndarray:
+    """Voxel count per class ``(num_classes,)`` (float64) over the segmentations of every case of an
+    nnU-Net dataset (``dataset.identifiers``, ``dataset.load_case(id) -> (data, seg, seg_prev, props)``).
+
+    Label ``-1`` (outside nnU-Net's nonzero crop mask) counts as background, as in nnU-Net's training
+    transforms; values ``>= num_classes`` (the ignore label) are left out. DisW's initial weights
+    (DHC, Wang & Li 2023) are computed from this histogram.
+    """
+    counts = np.zeros(int(num_classes), dtype=np.float64)
+    for identifier in dataset.identifiers:
+        seg = np.asarray(dataset.load_case(identifier)[1][:]).astype(np.int64).ravel()
+        seg = seg[seg < num_classes]
+        counts += np.bincount(np.maximum(seg, 0), minlength=num_classes)[:num_classes]
+    return counts
+
+
+class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
+    """Base (not a trainer to run): students A and B with class-weight trackers ``weights_A`` and
+    ``weights_B`` and the class-weighted segmentation loss ``Seg_W = Dice_W + ce_weight·CE_W``
+    (:class:`~nnunet_ssl.losses.weighted.WeightedDiceCE`, foreground Dice, nnU-Net's batch Dice and
+    smoothing; with nnU-Net's deep-supervision weights on the supervised term).
+
+    Each tracker is updated from its own model: labeled logits and ground truth (DifW, CDifW, CDisW's
+    confidence) and the model's argmax on the unlabeled batch (DisW counts, as in DHC).
+    """
+
+    weights_a: str = "difw"
+    """Class-weight tracker of model A: one of disw, difw, cdifw, cdisw (see nnunet_ssl.weighting)."""
+    weights_b: str = "disw"
+    """Class-weight tracker of model B: one of disw, difw, cdifw, cdisw."""
+    disw_floor: float = 0.0
+    """Lowest DisW weight (0 as in the reference: the most frequent class, background, weighs 0)."""
+    difw_tau: float = 50.0
+    """DifW accumulation length τ (momentum (τ−1)/τ of learning speeds and mean Dice)."""
+    difw_alpha: float = 0.2
+    """DifW exponent α of the un-learned/learned speed ratio."""
+    confidence_beta: float = 0.2
+    """Exponent β of the information score i^β in CDifW/CDisW."""
+
+    extra_network_names = ("network_b",)
+    seg_ce_weight = 1.0  # weight of CE_W in Seg_W (DHC 1, DMPF ½); part of the method, not a setting
+
+    # ------------------------------------------------------------------ set-up
+    def tracker_kwargs(self, kind: str) -> dict:
+        """Constructor options of tracker ``kind`` from the hyper-parameters."""
+        kwargs = {"ignore_index": self.label_manager.ignore_label}
+        if kind in ("disw", "cdisw"):
+            kwargs["floor"] = self.disw_floor
+        if kind in ("difw", "cdifw"):
+            kwargs.update(tau=self.difw_tau, alpha=self.difw_alpha)
+        if kind in ("cdifw", "cdisw"):
+            kwargs["beta"] = self.confidence_beta
+        return kwargs
+
+    def build_trackers(self) -> None:
+        allowed = ("disw", "difw", "cdifw", "cdisw")
+        for model, attr in (("A", "weights_a"), ("B", "weights_b")):
+            kind = str(getattr(self, attr)).lower()
+            if kind not in allowed:
+                raise ValueError(f"{attr} must be one of {list(allowed)}, got {getattr(self, attr)!r}")
+            self.trackers[f"weights_{model}"] = build_tracker(kind, self.label_manager.num_segmentation_heads,
+                                                              **self.tracker_kwargs(kind))
+
+    def initialize(self):
+        if self.label_manager.has_regions:
+            raise ValueError(f"{type(self).__name__} weighs classes of a label map, but dataset.json defines "
+                             f"regions; use a dataset with plain integer labels")
+        super().initialize()
+        self.seg_loss = WeightedDiceCE(ce_weight=self.seg_ce_weight, dice_weight=1.0,
+                                       batch_dice=self.configuration_manager.batch_dice,
+                                       ignore_index=self.label_manager.ignore_label)
+        # nnU-Net's own deep-supervision weights (from _build_loss), so the weighted loss mirrors self.loss
+        self.seg_loss_ds = (DeepSupervisionWrapper(self.seg_loss, self.loss.weight_factors)
+                            if isinstance(self.loss, DeepSupervisionWrapper) else None)
+
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        self._labeled_train_dataset = dataset_tr  # for the DisW initialisation
+        return dataset_tr, dataset_val
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.global_step == 0:  # a resumed run keeps its restored trackers
+            self.initialise_distribution_weights()
+
+    def initialise_distribution_weights(self) -> None:
+        """Initialise the DisW-based trackers from the labeled training set's class histogram."""
+        trackers = {n: t for n, t in self.trackers.items() if hasattr(t, "initialise")}
+        if not trackers:
+            return
+        hist = labeled_class_histogram(self._labeled_train_dataset, self.label_manager.num_segmentation_heads)
+        for name, tracker in trackers.items():
+            tracker.initialise(torch.as_tensor(hist))
+            self.print_to_log_file(f"{name} initialised from the labeled class histogram {hist.astype(int).tolist()}:"
+                                   f" {np.round(tracker.weights.cpu().numpy(), 3).tolist()}")
+
+    # ------------------------------------------------------------------ per-step pieces
+    def update_class_weights(self, out_a_l, out_b_l, out_a_u, out_b_u, target) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Update ``weights_A`` from model A's outputs and ``weights_B`` from model B's (labeled logits
+        ``(B, C, *patch)``, unlabeled logits ``(B_u, C, *patch)``; deep-supervision lists allowed),
+        detached, float32; return the new ``(C,)`` weights ``(W_A, W_B)``."""
+        target = full_resolution(target)
+        weights = []
+        for name, out_l, out_u in (("weights_A", out_a_l, out_a_u), ("weights_B", out_b_l, out_b_u)):
+            weights.append(self.trackers[name].update(full_resolution(out_l).detach().float(), target,
+                                                      full_resolution(out_u).detach().float()))
+        return weights[0], weights[1]
+
+    def supervised_loss(self, output, target, class_weights: torch.Tensor) -> torch.Tensor:
+        """``Seg_W(output, target)``, with nnU-Net's deep supervision when ``output`` is a list."""
+        if isinstance(output, (list, tuple)):
+            if self.seg_loss_ds is None:
+                raise RuntimeError("deep-supervised output but nnU-Net's loss is not deep-supervised")
+            n = len(output)
+            return self.seg_loss_ds(output, target, [None] * n, [class_weights] * n)
+        return self.seg_loss(output, full_resolution(target), class_weights=class_weights)
+
+    @staticmethod
+    def class_weight_terms(w_a: torch.Tensor, w_b: torch.Tensor) -> dict:
+        """The per-class weights as logged terms (one line per class in ``progress_ssl.png``)."""
+        return {"w_A": w_a, "w_B": w_b}
+
+
+def weighted_cps(logits_a: torch.Tensor, logits_b: torch.Tensor, weights_a: torch.Tensor,
+                 weights_b: torch.Tensor) -> torch.Tensor:
+    """Class-weighted cross pseudo supervision of DHC (Wang & Li 2023):
+    ``CE_{W_A}(a, argmax b) + CE_{W_B}(b, argmax a)``, each model weighted by its own ``(C,)`` weights.
+
+    ``logits_a``, ``logits_b``: ``(B, C, *spatial)``; computed in float32; pseudo-labels and weights
+    carry no gradient. A model whose weights are all 0 on its pseudo-labels contributes 0.
+    """
+    a, b = logits_a.float(), logits_b.float()
+    return (weighted_cross_entropy(a, hard_pseudo_labels(b), weights_a)
+            + weighted_cross_entropy(b, hard_pseudo_labels(a), weights_b))
+
+
+class nnUNetTrainerDHC(ClassWeightedPairTrainer):
+    """DHC (Wang & Li, "DHC: Dual-debiased Heterogeneous Co-training Framework for Class-imbalanced
+    Semi-supervised Medical Image Segmentation", MICCAI 2023): Cross Pseudo Supervision where model A
+    is trained with difficulty-aware weights (DifW) and model B with distribution-aware weights (DisW).
+
+    ``L = Σ_{m∈{A,B}} [Dice_{W_m} + CE_{W_m}](f_m(x_l), y_l)
+    + w(t)·[CE_{W_A}(f_A(x), argmax f_B(x)) + CE_{W_B}(f_B(x), argmax f_A(x))]``, ``x`` the labeled and
+    unlabeled batch together, ``w(t)`` the sigmoid ramp-up to ``consistency_weight`` (0.1).
+    Per step: one forward of each student on ``[x_l; x_u]`` → weights from those outputs → losses.
+
+    Inference network: A (``self.network``), so nnU-Net's validation and export are unchanged (the
+    reference evaluates the mean of A and B; nnU-Net predicts with one network). Learning rate:
+    nnU-Net's (the reference runs SGD with lr 0.03).
+    """
+
+    consistency_weight: float = 0.1
+    """w_max of the class-weighted CPS term."""
+
+    def compute_losses(self, data, target, unlabeled):
+        n = data.shape[0]
+        x = torch.cat([data, unlabeled])
+        out_a, out_b = self.network(x), self.extra_networks["network_b"](x)
+        (out_a_l, out_a_u), (out_b_l, out_b_u) = split_output(out_a, n), split_output(out_b, n)
+        w_a, w_b = self.update_class_weights(out_a_l, out_b_l, out_a_u, out_b_u, target)
+        loss_sup = self.supervised_loss(out_a_l, target, w_a) + self.supervised_loss(out_b_l, target, w_b)
+        loss_cps = weighted_cps(full_resolution(out_a), full_resolution(out_b), w_a, w_b)
+        w = self.rampup_weight()
+        return {"loss": loss_sup + w * loss_cps, "loss_sup": loss_sup, "loss_cps": loss_cps, "w_cps": w,
+                **self.class_weight_terms(w_a, w_b)}
+

@@ -1,0 +1,168 @@
+"""DMPF — Double-Mix Pseudo-label Framework (Zhang, Hayashi, Oda & Mori, "Double-mix pseudo-label
+framework: enhancing semi-supervised segmentation on category-imbalanced CT volumes", IJCARS 2025)
+as an nnU-Net trainer, with the ablations the paper reports as named subclasses."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from nnunet_ssl.losses.consistency import hard_pseudo_labels
+from nnunet_ssl.losses.weighted import weighted_cross_entropy
+from nnunet_ssl.mixing.masks import DEFAULT_BETA
+from nnunet_ssl.mixing.mixes import STRONG_MIXES, MixResult, get_strong_mix
+from nnunet_ssl.trainers.dhc import ClassWeightedPairTrainer
+from nnunet_ssl.trainers.semisupervised import split_output
+from nnunet_ssl.utils.modules import full_resolution
+
+__all__ = ["dmpf_total_loss", "nnUNetTrainerDMPF"]
+
+
+def dmpf_total_loss(loss_sup: torch.Tensor, loss_mix: torch.Tensor, loss_u: torch.Tensor,
+                    theta: float) -> torch.Tensor:
+    """DMPF's objective ``L = L_sup + L_m^unsup + θ·L_u^unsup`` (scalars; θ already ramped up)."""
+    return loss_sup + loss_mix + theta * loss_u
+
+
+class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
+    """Two students A (``self.network``) and B (``network_b``), each with an EMA teacher; A weighs
+    classes with CDifW, B with DisW (``weights_a``/``weights_b``). Per step:
+
+    1. one forward of each student on ``[x_l; x_u]``; ``W_A``, ``W_B`` updated from these outputs;
+    2. pseudo-labels ``ŷ_A^u = argmax f̂_A(x_u)``, ``ŷ_B^u = argmax f̂_B(x_u)`` from the EMA teachers;
+    3. DMP for each model with its own weights and pseudo-labels (A: ``W_A``, ``ŷ_A^u``; B: ``W_B``,
+       ``ŷ_B^u``): classes ``S`` drawn ∝ weights, ``M = 1[ŷ^u ∈ S]``, ``x^m = x_u·M + x_l·(1−M)``,
+       ``ŷ^m = ŷ^u·M + y_l·(1−M)`` (unlabeled sample i onto labeled sample i; draws from
+       ``self.generator``); a second forward of each student on its mixed batch;
+    4. ``L_m = CE_{W_A}(f_A(x_A^m), ŷ_A^m) + CE_{W_B}(f_B(x_B^m), ŷ_B^m)``;
+    5. ``L_sup = Seg_{W_A}(f_A(x_l), y_l) + Seg_{W_B}(f_B(x_l), y_l)``, ``Seg_W = Dice_W + ½·CE_W``
+       with nnU-Net's deep supervision;
+    6. ``L_u = Seg_{W_A}(f_A(x_u), ŷ_B^u) + Seg_{W_B}(f_B(x_u), ŷ_A^u)``;
+    7. ``L = L_sup + L_m + θ(t)·L_u``, θ(t) the sigmoid ramp-up to ``consistency_weight``.
+
+    Unsupervised terms use the full-resolution outputs, in float32.
+
+    Order of the EMA update: the paper updates the teachers at the start of an iteration (its step 2);
+    here they are updated right after each optimizer step (``after_optimizer_step``), which is the
+    same thing — the students do not change between the end of step t−1 and the start of step t, and
+    at the first step ``a = 0`` copies the students, as ``on_train_start`` does.
+
+    Cost per step: each student runs two forward/backward passes (``B + B_u`` and ``min(B, B_u)``
+    samples; the mixed batch needs this step's weights, which need this step's labeled outputs), each
+    teacher one forward pass without gradients (``B_u`` samples). With ``B_u = B`` that is 3× the
+    samples of nnU-Net per student, ≈ 6 nnU-Net steps plus two forward-only passes.
+
+    Inference network: teacher A (``teacher_a``: the EMA of the CDifW student, the one whose
+    pseudo-labels drive A's DMP); it is ``network_weights`` in the checkpoint and validates during
+    training. Reference-code divergences (cyclic in-batch mixing, model A trained on B's mix, mixed
+    targets from the model's own argmax) are not used.
+
+    Ablations (named subclasses below; pairs are A–B): weight pairs DisW–DifW, CDifW–CDifW,
+    CDifW–CDisW, DisW–DisW, CDisW–CDisW (CDifW–DisW is this class), and DMP replaced by CutMix,
+    CutOut (the erased box carries no loss) or ClassMix (``strong_mix``).
+    """
+
+    weights_a: str = "cdifw"
+    """Class-weight tracker of model A: one of disw, difw, cdifw, cdisw."""
+    weights_b: str = "disw"
+    """Class-weight tracker of model B: one of disw, difw, cdifw, cdisw."""
+    consistency_weight: float = 0.1
+    """θ: w_max of the cross pseudo-label term L_u (the reference's run command uses -w 0.1)."""
+    strong_mix: str = "dmp"
+    """Strong mix of unlabeled onto labeled patches: dmp (default), cutmix, cutout or classmix."""
+    box_beta: float = DEFAULT_BETA
+    """Box side as a fraction of the patch side, for strong_mix cutmix/cutout."""
+
+    teacher_sources = {"teacher_a": "network", "teacher_b": "network_b"}
+    inference_model = "teacher_a"
+    seg_ce_weight = 0.5
+
+    def initialize(self):
+        if self.strong_mix not in STRONG_MIXES:
+            raise ValueError(f"strong_mix must be one of {sorted(STRONG_MIXES)}, got {self.strong_mix!r}")
+        super().initialize()
+
+    def double_mix(self, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, pseudo_a: torch.Tensor,
+                   pseudo_b: torch.Tensor, w_a: torch.Tensor, w_b: torch.Tensor) -> Tuple[MixResult, MixResult]:
+        """Step 3: A's mix from ``(ŷ_A^u, W_A)``, then B's from ``(ŷ_B^u, W_B)``, both pasting unlabeled
+        sample i onto labeled sample i for ``i < min(B, B_u)``, random draws from ``self.generator``.
+
+        ``x_u`` ``(B_u, C, *patch)``, ``x_l`` ``(B, C, *patch)``, ``y_l`` ``(B, *patch)`` integer,
+        ``pseudo_*`` ``(B_u, *patch)`` integer, ``w_*`` ``(num_classes,)``.
+        """
+        k = min(x_u.shape[0], x_l.shape[0])
+        fn = get_strong_mix(self.strong_mix)
+        options = {"beta": self.box_beta} if self.strong_mix in ("cutmix", "cutout") else {}
+        return tuple(fn(x_u[:k], pseudo[:k], x_l[:k], y_l[:k], w, self.generator, **options)
+                     for pseudo, w in ((pseudo_a, w_a), (pseudo_b, w_b)))
+
+    def compute_losses(self, data, target, unlabeled):
+        n = data.shape[0]
+        net_a, net_b = self.network, self.extra_networks["network_b"]
+        x = torch.cat([data, unlabeled])
+        (out_a_l, out_a_u), (out_b_l, out_b_u) = split_output(net_a(x), n), split_output(net_b(x), n)
+        # 1. class weights of this step
+        w_a, w_b = self.update_class_weights(out_a_l, out_b_l, out_a_u, out_b_u, target)
+        # 2. the EMA teachers' pseudo-labels
+        with torch.no_grad():
+            pseudo_a = hard_pseudo_labels(full_resolution(self.teachers["teacher_a"](unlabeled)))
+            pseudo_b = hard_pseudo_labels(full_resolution(self.teachers["teacher_b"](unlabeled)))
+        # 3. one mix per model, and each student on its own mix
+        y_l = full_resolution(target)[:, 0].long()
+        mix_a, mix_b = self.double_mix(unlabeled, data, y_l, pseudo_a, pseudo_b, w_a, w_b)
+        logits_a_m = full_resolution(net_a(mix_a.image)).float()
+        logits_b_m = full_resolution(net_b(mix_b.image)).float()
+        # 4.-6. the three terms
+        ignore = self.label_manager.ignore_label
+        loss_mix = (weighted_cross_entropy(logits_a_m, mix_a.label, w_a, mix_a.weight, ignore)
+                    + weighted_cross_entropy(logits_b_m, mix_b.label, w_b, mix_b.weight, ignore))
+        loss_sup = self.supervised_loss(out_a_l, target, w_a) + self.supervised_loss(out_b_l, target, w_b)
+        loss_u = (self.seg_loss(full_resolution(out_a_u).float(), pseudo_b, class_weights=w_a)
+                  + self.seg_loss(full_resolution(out_b_u).float(), pseudo_a, class_weights=w_b))
+        # 7. total
+        theta = self.rampup_weight()
+        return {"loss": dmpf_total_loss(loss_sup, loss_mix, loss_u, theta), "loss_sup": loss_sup,
+                "loss_mix": loss_mix, "loss_u": loss_u, "theta": theta,
+                "mix_ratio_A": mix_a.mask.mean(), "mix_ratio_B": mix_b.mask.mean(),
+                **self.class_weight_terms(w_a, w_b)}
+
+
+# ---------------------------------------------------------------- ablations (DMPF paper), pairs are A–B
+class nnUNetTrainerDMPF_DisWDifW(nnUNetTrainerDMPF):
+    """Weight pair DisW (A) – DifW (B)."""
+    weights_a, weights_b = "disw", "difw"
+
+
+class nnUNetTrainerDMPF_CDifWCDifW(nnUNetTrainerDMPF):
+    """Weight pair CDifW (A) – CDifW (B)."""
+    weights_a, weights_b = "cdifw", "cdifw"
+
+
+class nnUNetTrainerDMPF_CDifWCDisW(nnUNetTrainerDMPF):
+    """Weight pair CDifW (A) – CDisW (B)."""
+    weights_a, weights_b = "cdifw", "cdisw"
+
+
+class nnUNetTrainerDMPF_DisWDisW(nnUNetTrainerDMPF):
+    """Weight pair DisW (A) – DisW (B)."""
+    weights_a, weights_b = "disw", "disw"
+
+
+class nnUNetTrainerDMPF_CDisWCDisW(nnUNetTrainerDMPF):
+    """Weight pair CDisW (A) – CDisW (B)."""
+    weights_a, weights_b = "cdisw", "cdisw"
+
+
+class nnUNetTrainerDMPF_CutMix(nnUNetTrainerDMPF):
+    """DMP replaced by CutMix: an unlabeled box (sides ``box_beta``·patch) pasted onto the labeled patch."""
+    strong_mix = "cutmix"
+
+
+class nnUNetTrainerDMPF_CutOut(nnUNetTrainerDMPF):
+    """DMP replaced by CutOut: a box of the unlabeled patch erased; the box carries no loss."""
+    strong_mix = "cutout"
+
+
+class nnUNetTrainerDMPF_ClassMix(nnUNetTrainerDMPF):
+    """DMP replaced by ClassMix: half of the pseudo-label's classes (uniform) pasted onto the labeled patch."""
+    strong_mix = "classmix"

@@ -1,0 +1,86 @@
+"""DHC pieces: the labeled class histogram behind DisW's start, class-weighted CPS, tracker choice."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_ssl.trainers.dhc import ClassWeightedPairTrainer, labeled_class_histogram, nnUNetTrainerDHC, weighted_cps
+
+
+class _Dataset:
+    """nnU-Net dataset interface: identifiers and load_case -> (data, seg, seg_prev, properties)."""
+
+    def __init__(self, segs):
+        self.segs = segs
+        self.identifiers = sorted(segs)
+
+    def load_case(self, identifier):
+        return None, self.segs[identifier], None, {}
+
+
+def test_labeled_class_histogram_by_hand():
+    # 3 classes, ignore label 3; -1 (outside nnU-Net's crop mask) is background
+    ds = _Dataset({"a": np.array([[[-1, 0, 1], [2, 2, 3]]], dtype=np.int8),
+                   "b": np.array([[[1, 1, 0]]], dtype=np.int16)})
+    # background: -1, 0 (case a) + 0 (case b) = 3; class 1: 1 + 2 = 3; class 2: 2; the 3 is dropped
+    np.testing.assert_array_equal(labeled_class_histogram(ds, 3), [3.0, 3.0, 2.0])
+    # a class absent everywhere counts 0
+    np.testing.assert_array_equal(labeled_class_histogram(ds, 5), [3.0, 3.0, 2.0, 1.0, 0.0])
+
+
+def test_weighted_cps_by_hand():
+    # one sample, two voxels, two classes (B, C, X) = (1, 2, 2)
+    a = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]]])  # voxel 0: p = (1/4, 3/4); voxel 1: (1/2, 1/2)
+    b = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # argmax: voxel 0 -> 0, voxel 1 -> 1
+    # A against argmax b = (0, 1): CE = (log 4, log 2); weights (1, 3): (1·2 log2 + 3·log2) / 4 = 1.25 log 2
+    # B against argmax a = (1, 0) (tie -> 0): CE = (log(1+e), log(1+e)); weights (0, 1): voxel 0 only
+    expected = 1.25 * math.log(2.0) + math.log(1.0 + math.e)
+    got = weighted_cps(a, b, torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0]))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # a model whose weights are 0 on all its pseudo-labels contributes 0, not NaN: only B's log(1+e) is left
+    only_b = weighted_cps(a, b, torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]))
+    assert only_b.item() == pytest.approx(math.log(1.0 + math.e), rel=1e-6)
+
+
+def test_weighted_cps_gradient_reaches_both_models_only_through_logits():
+    a = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    b = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    w = torch.tensor([0.5, 1.0, 2.0], requires_grad=True)
+    weighted_cps(a, b, w, w).backward()
+    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+    assert w.grad is None  # weights are detached
+
+
+def _bare(cls, **attrs):
+    t = object.__new__(cls)
+    t.label_manager = SimpleNamespace(num_segmentation_heads=4, ignore_label=None, has_regions=False)
+    t.trackers = {}
+    for k, v in attrs.items():
+        setattr(t, k, v)
+    return t
+
+
+def test_dhc_trackers_are_difw_for_a_and_disw_for_b():
+    t = _bare(nnUNetTrainerDHC)
+    t.build_trackers()
+    assert type(t.trackers["weights_A"]).__name__ == "DifWTracker"
+    assert type(t.trackers["weights_B"]).__name__ == "DisWTracker"
+    assert t.trackers["weights_B"].floor == 0.0 and t.trackers["weights_A"].tau == 50.0
+
+
+def test_unknown_tracker_name_is_a_value_error():
+    with pytest.raises(ValueError, match="weights_b must be one of"):
+        _bare(ClassWeightedPairTrainer, weights_b="kt").build_trackers()
+    with pytest.raises(ValueError, match="weights_a must be one of"):
+        _bare(ClassWeightedPairTrainer, weights_a="dice").build_trackers()
+
+
+def test_regions_are_refused_before_building_anything():
+    t = _bare(nnUNetTrainerDHC)
+    t.label_manager.has_regions = True
+    with pytest.raises(ValueError, match="regions"):
+        t.initialize()
