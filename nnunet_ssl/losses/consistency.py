@@ -27,11 +27,15 @@ def hard_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
 
 
 def cross_pseudo_supervision(logits_a: torch.Tensor, logits_b: torch.Tensor,
-                             ce: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
-    """CPS (Chen et al., CVPR 2021): ``CE(a, argmax b) + CE(b, argmax a)``.
+                             ce: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+                             ce_b: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """CPS (Chen et al., CVPR 2021): ``CE(a, argmax b) + CE_b(b, argmax a)``.
 
     ``ce(logits, labels)`` defaults to plain cross-entropy; DHC-style trainers pass class-weighted CEs.
+    ``ce_b`` (default: ``ce``) is used for the second term, e.g. GuidedNet's KT-CPS, where each
+    direction carries the class weights of the network that made the pseudo-labels.
     Pseudo-labels carry no gradient.
     """
     ce = ce or (lambda logits, labels: F.cross_entropy(logits.float(), labels))
-    return ce(logits_a, hard_pseudo_labels(logits_b)) + ce(logits_b, hard_pseudo_labels(logits_a))
+    ce_b = ce_b or ce
+    return ce(logits_a, hard_pseudo_labels(logits_b)) + ce_b(logits_b, hard_pseudo_labels(logits_a))
