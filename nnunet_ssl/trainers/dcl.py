@@ -33,9 +33,9 @@ The base class' ``consistency_weight``, ``rampup_fraction`` and ``ema_decay`` ar
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
-
+import math
 import os
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -324,7 +324,9 @@ class nnUNetTrainerDCLTwoStep(nnUNetTrainerDCLCls):
 
     @property
     def pretrain_iterations(self) -> int:
-        return int(round(self.pretrain_fraction * self.total_iterations))
+        """Iterations of step 1: ``ceil(pretrain_fraction · total_iterations)`` (recomputed if a resumed
+        run changes the budget; a run already in step 2 stays there)."""
+        return math.ceil(self.pretrain_fraction * self.total_iterations)
 
     def enter_phase(self, phase: str) -> None:
         if phase not in (PRETRAIN, DECODER):
