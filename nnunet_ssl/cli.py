@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("nnunet_ssl.commands.demo",
              "generate a small synthetic dataset, train nnUNetTrainer and Mean Teacher on CPU, print Dice"),
     "evaluate": ("nnunet_ssl.commands.evaluate", "per-case Dice, IoU, NSD, HD95, ASD of predictions vs references"),
+    "benchmark": ("nnunet_ssl.commands.benchmark", "label-fraction study: split, plan, train, predict, evaluate, report"),
 }
 
 

@@ -1,0 +1,122 @@
+"""Benchmark presets: which plans a study trains with, for how long, and on what.
+
+- ``default``: nnU-Net's own plans (``nnUNetPlans``) and every trainer's own budget (nnU-Net:
+  1000 epochs of 250 iterations), test-time mirroring on, the GPU when there is one. What a paper
+  reports; meant for a GPU cluster (``--write-commands``).
+- ``cpu-quick``: CPU-sized plans ``nnUNetPlans_cpuquick`` (three stages of 8/16/32 features,
+  patch 32×48×32 in 3D — sized for small volumes such as Hippocampus, ~36×50×35 voxels — or
+  64×64 in 2D) and a short budget, so that a 2-fraction × 2-trainer × 1-seed study of
+  Dataset904_HippocampusDev (200 cases, 20% test) finishes in under an hour on two CPU cores.
+  Numbers from it rank methods roughly; they are not the methods' converged accuracy.
+
+A preset is plain data (:class:`Preset`); a study records it in its ``study.json`` and refuses to
+continue with another one, because models in ``nnUNet_results`` are keyed by dataset, trainer,
+plans and configuration only.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional
+
+from nnunet_ssl.errors import UserError
+
+BUDGET_FLAGS: Dict[str, str] = {
+    "num_epochs": "--epochs",
+    "num_iterations_per_epoch": "--iters",
+    "num_val_iterations_per_epoch": "--val-iters",
+    "save_every": "--save-every",
+}
+"""nnU-Net budget attributes a preset may set -> the ``nnunet-ssl train`` flag that sets them."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Plans, budget and hardware settings of a benchmark study."""
+
+    name: str
+    description: str
+    plans: str = "nnUNetPlans"
+    """Plans identifier the runs train with (a shrunk copy of nnUNetPlans when ``shrink`` is set)."""
+    shrink: Optional[Mapping[int, Mapping]] = None
+    """Spatial dimensions (2 or 3) -> keyword arguments of ``planners.shrink.write_shrunk_plans``;
+    None trains with nnU-Net's plans unchanged."""
+    budget: Mapping[str, int] = field(default_factory=dict)
+    """nnU-Net budget attributes (keys of :data:`BUDGET_FLAGS`); empty: each trainer's own."""
+    device: Optional[str] = None
+    """``cpu``, ``cuda`` or ``mps``; None: ``cuda`` when available, else ``cpu``."""
+    use_mirroring: bool = True
+    """Test-time mirroring when predicting the test set (nnU-Net's default)."""
+    num_processes: int = 2
+    """Worker processes for preprocessing, prediction and evaluation."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Environment defaults for the training processes (a variable the user set is kept)."""
+
+    def __post_init__(self):
+        unknown = sorted(set(self.budget) - set(BUDGET_FLAGS))
+        if unknown:
+            raise ValueError(f"preset {self.name!r}: unknown budget key(s) {unknown}; allowed: {sorted(BUDGET_FLAGS)}")
+        bad = {k: v for k, v in self.budget.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1}
+        if bad:
+            raise ValueError(f"preset {self.name!r}: budget values must be integers >= 1, got {bad}")
+        if self.shrink is not None and self.plans == "nnUNetPlans":
+            raise ValueError(f"preset {self.name!r} shrinks the plans, so it needs its own plans identifier, "
+                             f"not 'nnUNetPlans'")
+
+    def shrink_for(self, configuration: str) -> Optional[dict]:
+        """``write_shrunk_plans`` keyword arguments for ``configuration`` (None: nnU-Net's plans)."""
+        if self.shrink is None:
+            return None
+        dims = 2 if configuration.startswith("2d") else 3
+        if dims not in self.shrink:
+            raise UserError(f"preset {self.name!r} has no plan sizes for {dims}D configurations like "
+                            f"{configuration!r}")
+        return dict(self.shrink[dims])
+
+    def with_budget(self, **budget: Optional[int]) -> "Preset":
+        """A copy with some budget values replaced (None values are ignored)."""
+        given = {k: v for k, v in budget.items() if v is not None}
+        return self if not given else dataclasses.replace(self, budget={**self.budget, **given})
+
+    def train_flags(self) -> list:
+        """The ``nnunet-ssl train`` flags that apply :attr:`budget`."""
+        return [x for key, value in self.budget.items() for x in (BUDGET_FLAGS[key], str(value))]
+
+    def as_dict(self) -> dict:
+        """JSON-ready description (recorded in ``study.json``)."""
+        shrink = None if self.shrink is None else {str(d): {k: list(v) if isinstance(v, (tuple, list)) else v
+                                                            for k, v in kw.items()}
+                                                   for d, kw in sorted(self.shrink.items())}
+        return {"name": self.name, "plans": self.plans, "shrink": shrink, "budget": dict(self.budget)}
+
+
+PRESETS: Dict[str, Preset] = {
+    "default": Preset(
+        name="default",
+        description="nnU-Net's plans and each trainer's own budget (1000 x 250 iterations); for GPUs",
+    ),
+    "cpu-quick": Preset(
+        name="cpu-quick",
+        description="CPU-sized plans (3 stages, 8/16/32 features, patch 32x48x32) and a 30 x 25 iteration budget; "
+                    "a 2-fraction x 2-trainer Hippocampus study in < 1 h on 2 cores",
+        plans="nnUNetPlans_cpuquick",
+        shrink={3: dict(patch_size=(32, 48, 32), features_per_stage=(8, 16, 32), batch_size=2),
+                2: dict(patch_size=(64, 64), features_per_stage=(8, 16, 32), batch_size=4)},
+        budget={"num_epochs": 30, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 2,
+                "save_every": 5},
+        device="cpu",
+        use_mirroring=False,
+        num_processes=2,
+        env={"nnUNet_n_proc_DA": "1", "nnUNet_compile": "false"},
+    ),
+}
+
+
+def get_preset(name_or_preset) -> Preset:
+    """A preset by name (or a :class:`Preset` as is); UserError naming the known presets otherwise."""
+    if isinstance(name_or_preset, Preset):
+        return name_or_preset
+    try:
+        return PRESETS[str(name_or_preset)]
+    except KeyError:
+        raise UserError(f"unknown preset {name_or_preset!r}; known: {', '.join(PRESETS)}") from None
