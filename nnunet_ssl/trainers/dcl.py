@@ -28,6 +28,9 @@ in the optimizer, gradient-clipped, DDP-wrapped, saved and restored with the che
 (:class:`~nnunet_ssl.heads.projection.EncoderTaps`), so ``network_weights`` is a plain nnU-Net
 network and ``nnUNetv2_predict`` works unchanged.
 
+Under DDP each rank contrasts the patches of its own batch (embeddings are not gathered across
+ranks); the per-rank losses' gradients are averaged by DDP as usual.
+
 The base class' ``consistency_weight``, ``rampup_fraction`` and ``ema_decay`` are not used here
 (category labels are labels: no ramp-up, no teacher).
 """
