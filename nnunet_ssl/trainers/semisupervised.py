@@ -455,8 +455,12 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
             self.print_to_log_file("checkpoint has no nnunet_ssl state; all networks and teachers start from "
                                    "its network_weights")
             weights = {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint["network_weights"].items()}
-            for m in self.all_models().values():
-                unwrap(m.module if isinstance(m, EMATeacher) else m).load_state_dict(weights)
+            for name, m in self.all_models().items():
+                target = unwrap(m.module if isinstance(m, EMATeacher) else m)
+                if set(target.state_dict()) == set(weights):  # same architecture (not e.g. a projection head)
+                    target.load_state_dict(weights)
+                else:
+                    self.print_to_log_file(f"{name} keeps its initialisation (architecture differs from the checkpoint)")
         else:
             for name, net in self.trainable_networks().items():
                 unwrap(net).load_state_dict(state["networks"][name])
