@@ -99,6 +99,8 @@ class nnUNetTrainerBCP(nnUNetTrainerSemiSupervised):
     teacher_sources = {"teacher": "network"}
     inference_model = "teacher"
     e2e_configurations = ("3d_fullres", "2d")
+    cost_model = {"forward": 3, "backward": 2}  # self-train: student on 2 mixed batches, teacher on unlabeled
+    # (pre-train, e.g. epoch 0 of a 1000-epoch run: 1 forward + 1 backward, as nnUNetTrainer)
 
     self_training = False
     """Phase flag (instance state, saved in the checkpoint): True once self-training has begun."""
