@@ -120,7 +120,7 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
         for name, tracker in trackers.items():
             tracker.initialise(torch.as_tensor(hist))
             self.print_to_log_file(f"{name} initialised from the labeled class histogram {hist.astype(int).tolist()}:"
-                                   f" {np.round(tracker.weights.cpu().numpy(), 3).tolist()}")
+                                   f" {[round(float(w), 3) for w in tracker.weights]}")
 
     # ------------------------------------------------------------------ per-step pieces
     def update_class_weights(self, out_a_l, out_b_l, out_a_u, out_b_u, target) -> Tuple[torch.Tensor, torch.Tensor]:

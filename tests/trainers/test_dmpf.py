@@ -1,0 +1,257 @@
+"""DMPF: the double mix pairs each model with its own weights and pseudo-labels, the loss is
+``L_sup + L_m + θ·L_u``, and ``--c`` restores the class-weight trackers exactly (DHC and DMPF share
+the tracker base; one ablation also runs train → resume → predict in-process)."""
+from __future__ import annotations
+
+import copy
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import CPU_PLANS
+from nnunet_ssl.trainers.dmpf import (dmpf_total_loss, nnUNetTrainerDMPF, nnUNetTrainerDMPF_CutMix,
+                                      nnUNetTrainerDMPF_CutOut)
+
+BUDGET = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
+
+
+def _bare(cls, seed=0):
+    """A trainer object without nnU-Net's set-up: enough for the mixing and tracker hooks."""
+    t = object.__new__(cls)
+    t.label_manager = SimpleNamespace(num_segmentation_heads=4, ignore_label=None, has_regions=False)
+    t.trackers = {}
+    t.generator = torch.Generator().manual_seed(seed)
+    return t
+
+
+# ---------------------------------------------------------------------------------------- double mix
+def _mix_inputs():
+    # one sample, patch (2, 2, 1): unlabeled image 10, labeled image -10, labeled label 3 everywhere
+    x_u, x_l = torch.full((1, 1, 2, 2, 1), 10.0), torch.full((1, 1, 2, 2, 1), -10.0)
+    y_l = torch.full((1, 2, 2, 1), 3)
+    pseudo_a = torch.tensor([[[0, 2], [2, 1]]]).unsqueeze(-1)  # classes {0, 1, 2}
+    pseudo_b = torch.tensor([[[1, 1], [0, 3]]]).unsqueeze(-1)  # classes {0, 1, 3}
+    return x_u, x_l, y_l, pseudo_a, pseudo_b
+
+
+def test_dmp_uses_model_a_weights_and_pseudo_labels_for_a_and_b_for_b():
+    x_u, x_l, y_l, pseudo_a, pseudo_b = _mix_inputs()
+    w_a = torch.tensor([0.0, 0.0, 1.0, 0.0])  # only class 2 can be drawn for A: S_A = {2}
+    w_b = torch.tensor([0.0, 1.0, 0.0, 0.0])  # only class 1 for B: S_B = {1}
+    mix_a, mix_b = _bare(nnUNetTrainerDMPF).double_mix(x_u, x_l, y_l, pseudo_a, pseudo_b, w_a, w_b)
+    assert mix_a.classes[0].tolist() == [2] and mix_b.classes[0].tolist() == [1]
+    # A: M = 1[ŷ_A ∈ {2}] = [[0, 1], [1, 0]]; B: M = 1[ŷ_B ∈ {1}] = [[1, 1], [0, 0]]
+    assert mix_a.mask[0, :, :, 0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    assert mix_b.mask[0, :, :, 0].tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    assert mix_a.image[0, 0, :, :, 0].tolist() == [[-10.0, 10.0], [10.0, -10.0]]
+    assert mix_b.image[0, 0, :, :, 0].tolist() == [[10.0, 10.0], [-10.0, -10.0]]
+    # ŷ^m = ŷ^u·M + y_l·(1−M)
+    assert mix_a.label[0, :, :, 0].tolist() == [[3, 2], [2, 3]]
+    assert mix_b.label[0, :, :, 0].tolist() == [[1, 1], [3, 3]]
+    assert torch.all(mix_a.weight == 1) and torch.all(mix_b.weight == 1)
+
+
+def test_double_mix_pairs_sample_i_and_uses_the_smaller_batch():
+    g = torch.Generator().manual_seed(0)
+    x_u, x_l = torch.randn(3, 1, 4, 4, 4, generator=g), torch.randn(2, 1, 4, 4, 4, generator=g)
+    y_l = torch.randint(0, 4, (2, 4, 4, 4), generator=g)
+    pseudo = torch.randint(0, 4, (3, 4, 4, 4), generator=g)
+    w = torch.ones(4)
+    mix_a, _ = _bare(nnUNetTrainerDMPF).double_mix(x_u, x_l, y_l, pseudo, pseudo, w, w)
+    assert mix_a.image.shape == (2, 1, 4, 4, 4)
+    m = mix_a.mask.bool()
+    for i in range(2):  # unlabeled sample i onto labeled sample i
+        assert torch.equal(mix_a.image[i, 0][m[i]], x_u[i, 0][m[i]])
+        assert torch.equal(mix_a.image[i, 0][~m[i]], x_l[i, 0][~m[i]])
+        assert torch.equal(mix_a.label[i], torch.where(m[i], pseudo[i], y_l[i]))
+
+
+def test_double_mix_is_reproducible_from_the_generator():
+    x_u, x_l, y_l, pseudo_a, pseudo_b = _mix_inputs()
+    w = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    first = _bare(nnUNetTrainerDMPF, seed=7).double_mix(x_u, x_l, y_l, pseudo_a, pseudo_b, w, w)
+    again = _bare(nnUNetTrainerDMPF, seed=7).double_mix(x_u, x_l, y_l, pseudo_a, pseudo_b, w, w)
+    for a, b in zip(first, again):
+        assert torch.equal(a.mask, b.mask)
+
+
+def test_cutmix_ablation_swaps_the_class_mask_for_one_box():
+    g = torch.Generator().manual_seed(1)
+    x_u, x_l = torch.randn(2, 1, 4, 4, 4, generator=g), torch.randn(2, 1, 4, 4, 4, generator=g)
+    y_l = torch.randint(0, 4, (2, 4, 4, 4), generator=g)
+    pseudo = torch.randint(0, 4, (2, 4, 4, 4), generator=g)
+    t = _bare(nnUNetTrainerDMPF_CutMix)
+    t.box_beta = 0.5
+    mix_a, mix_b = t.double_mix(x_u, x_l, y_l, pseudo, pseudo, torch.ones(4), torch.ones(4))
+    for mx in (mix_a, mix_b):
+        zeros = (mx.mask[0] == 0).nonzero()  # one 2×2×2 box from the labeled patch, shared by the batch
+        assert len(zeros) == 8 and (zeros.max(0).values - zeros.min(0).values).tolist() == [1, 1, 1]
+        assert torch.equal(mx.mask[0], mx.mask[1])
+        assert torch.equal(mx.label, torch.where(mx.mask.bool(), pseudo, y_l))
+
+
+def test_cutout_ablation_erases_a_box_that_carries_no_loss():
+    x_u = torch.ones(1, 1, 4, 4, 4)
+    pseudo = torch.ones(1, 4, 4, 4, dtype=torch.long)
+    t = _bare(nnUNetTrainerDMPF_CutOut)
+    t.box_beta = 0.5
+    mix_a, _ = t.double_mix(x_u, -x_u, pseudo * 0, pseudo, pseudo, torch.ones(4), torch.ones(4))
+    box = mix_a.mask == 0
+    assert box.sum() == 8
+    assert torch.all(mix_a.image[:, 0][box] == 0) and torch.all(mix_a.image[:, 0][~box] == 1)
+    assert torch.all(mix_a.weight[box] == 0) and torch.all(mix_a.weight[~box] == 1)
+    assert torch.all(mix_a.label == 1)  # the pseudo-label, kept (weight 0 in the box)
+
+
+def test_default_and_ablation_weight_pairs():
+    t = _bare(nnUNetTrainerDMPF)
+    t.build_trackers()
+    assert type(t.trackers["weights_A"]).__name__ == "CDifWTracker"
+    assert type(t.trackers["weights_B"]).__name__ == "DisWTracker"
+    from nnunet_ssl.trainers import dmpf
+
+    pairs = {name: (cls.weights_a, cls.weights_b, cls.strong_mix) for name, cls in vars(dmpf).items()
+             if isinstance(cls, type) and issubclass(cls, nnUNetTrainerDMPF)}
+    assert pairs == {
+        "nnUNetTrainerDMPF": ("cdifw", "disw", "dmp"),
+        "nnUNetTrainerDMPF_DisWDifW": ("disw", "difw", "dmp"),
+        "nnUNetTrainerDMPF_CDifWCDifW": ("cdifw", "cdifw", "dmp"),
+        "nnUNetTrainerDMPF_CDifWCDisW": ("cdifw", "cdisw", "dmp"),
+        "nnUNetTrainerDMPF_DisWDisW": ("disw", "disw", "dmp"),
+        "nnUNetTrainerDMPF_CDisWCDisW": ("cdisw", "cdisw", "dmp"),
+        "nnUNetTrainerDMPF_CutMix": ("cdifw", "disw", "cutmix"),
+        "nnUNetTrainerDMPF_CutOut": ("cdifw", "disw", "cutout"),
+        "nnUNetTrainerDMPF_ClassMix": ("cdifw", "disw", "classmix"),
+    }
+
+
+def test_unknown_strong_mix_is_a_value_error():
+    t = _bare(nnUNetTrainerDMPF)
+    t.strong_mix = "mixup"
+    with pytest.raises(ValueError, match="strong_mix must be one of"):
+        t.initialize()
+
+
+def test_total_loss_by_hand():
+    total = dmpf_total_loss(torch.tensor(1.5), torch.tensor(0.25), torch.tensor(2.0), 0.1)
+    assert total.item() == pytest.approx(1.5 + 0.25 + 0.2)
+
+
+# ------------------------------------------------------------------------ the step on a real trainer
+def _conv(c_in, c_out, seed):
+    conv = nn.Conv3d(c_in, c_out, 1)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+        conv.bias.copy_(torch.randn(conv.bias.shape, generator=g))
+    return conv
+
+
+@pytest.mark.e2e
+def test_compute_losses_composes_the_paper_formula(tiny_3d):
+    """With 1×1×1-conv stand-ins for students and teachers, every term equals the library formula fed
+    with the right model's weights, pseudo-labels and mix."""
+    from nnunet_ssl.losses.weighted import WeightedDiceCE, weighted_cross_entropy
+    from nnunet_ssl.mixing.mixes import dmp_mix
+    from nnunet_ssl.runner import build_trainer
+
+    t = build_trainer(tiny_3d["id"], "3d_fullres", 0, "nnUNetTrainerDMPF", CPU_PLANS, "cpu", budget=BUDGET)
+    t.initialize()
+    C, c_in = t.label_manager.num_segmentation_heads, t.num_input_channels
+    a, b, ta, tb = (_conv(c_in, C, s) for s in range(4))
+    t.network, t.extra_networks["network_b"] = a, b
+    t.teachers = {"teacher_a": ta, "teacher_b": tb}
+    t.trackers["weights_B"].initialise(torch.tensor([1000.0, 100.0, 10.0, 1.0]))  # B's weights non-uniform
+    t.global_step = t.total_iterations  # ramp-up done: θ = consistency_weight
+    g = torch.Generator().manual_seed(5)
+    data, unlabeled = torch.randn(2, c_in, 4, 4, 4, generator=g), torch.randn(2, c_in, 4, 4, 4, generator=g)
+    target = [torch.randint(0, C, (2, 1, 4, 4, 4), generator=g).float()]
+
+    trackers, gen_state = copy.deepcopy(t.trackers), t.generator.get_state()
+    terms = t.compute_losses(data, target, unlabeled)
+
+    with torch.no_grad():
+        x = torch.cat([data, unlabeled])
+        w_a = trackers["weights_A"].update(a(x)[:2], target[0], a(x)[2:])
+        w_b = trackers["weights_B"].update(b(x)[:2], target[0], b(x)[2:])
+        pa, pb = ta(unlabeled).argmax(1), tb(unlabeled).argmax(1)
+        gen = torch.Generator().set_state(gen_state)
+        y = target[0][:, 0].long()
+        mix_a, mix_b = dmp_mix(unlabeled, pa, data, y, w_a, gen), dmp_mix(unlabeled, pb, data, y, w_b, gen)
+        seg = WeightedDiceCE(ce_weight=0.5, batch_dice=t.configuration_manager.batch_dice)
+        l_sup = seg(a(data), target[0], class_weights=w_a) + seg(b(data), target[0], class_weights=w_b)
+        l_m = weighted_cross_entropy(a(mix_a.image), mix_a.label, w_a) + weighted_cross_entropy(b(mix_b.image), mix_b.label, w_b)
+        l_u = seg(a(unlabeled), pb, class_weights=w_a) + seg(b(unlabeled), pa, class_weights=w_b)
+
+    assert not torch.allclose(w_a, w_b)
+    assert torch.allclose(terms["w_A"], w_a) and torch.allclose(terms["w_B"], w_b)
+    assert terms["theta"] == pytest.approx(t.consistency_weight)
+    for name, expected in (("loss_sup", l_sup), ("loss_mix", l_m), ("loss_u", l_u)):
+        assert terms[name].item() == pytest.approx(expected.item(), rel=1e-5), name
+    assert terms["loss"].item() == pytest.approx((l_sup + l_m + t.consistency_weight * l_u).item(), rel=1e-5)
+    assert terms["mix_ratio_A"].item() == pytest.approx(mix_a.mask.mean().item())
+    terms["loss"].backward()  # gradients reach both students
+    assert a.weight.grad.abs().sum() > 0 and b.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------- resume
+def _assert_same(a, b, where=""):
+    """Nested tracker state dicts are identical (tensors bit for bit)."""
+    assert type(a) is type(b) or (torch.is_tensor(a) and torch.is_tensor(b)), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}/{k}")
+    elif torch.is_tensor(a):
+        assert a.dtype == b.dtype and torch.equal(a, b.to(a.device)), where
+    else:
+        assert a == b, where
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerDMPF", "nnUNetTrainerDHC", "nnUNetTrainerDMPF_CDisWCDisW"])
+def test_resume_restores_trackers_exactly(trainer, tiny_3d, tmp_path, monkeypatch):
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    from nnunet_ssl.runner import build_trainer, train
+
+    t1 = train(tiny_3d["id"], "3d_fullres", 0, trainer, CPU_PLANS, "cpu", validate=False, budget=BUDGET)
+    C = t1.label_manager.num_segmentation_heads
+    # per-class weights of both models are logged per epoch and drawn next to progress.png
+    log = t1._ssl_log()
+    for key in ("ssl/w_A", "ssl/w_B"):
+        assert len(log[key]) == 1 and len(log[key][0]) == C
+        assert all(w == w and w >= 0 for w in log[key][0])
+    assert os.path.isfile(os.path.join(t1.output_folder, "progress_ssl.png"))
+    assert all(t.num_updates == 2 for t in t1.trackers.values())
+
+    t2 = build_trainer(tiny_3d["id"], "3d_fullres", 0, trainer, CPU_PLANS, "cpu", continue_training=True,
+                       budget={**BUDGET, "num_epochs": 2})
+    maybe_load_checkpoint(t2, True, False, None)
+    assert t1.trackers.keys() == t2.trackers.keys() == {"weights_A", "weights_B"}
+    for name in t1.trackers:
+        _assert_same(t1.trackers[name].state_dict(), t2.trackers[name].state_dict(), name)
+        assert torch.equal(t1.trackers[name].weights, t2.trackers[name].weights.to(t1.trackers[name].weights.device))
+    if trainer != "nnUNetTrainerDMPF_CDisWCDisW":
+        return
+
+    # one ablation: continue (the histogram initialisation must not run again) and predict with nnU-Net
+    def must_not_run(self):
+        raise AssertionError("a resumed run re-initialised its class weights")
+
+    monkeypatch.setattr(type(t2), "initialise_distribution_weights", must_not_run)
+    t2.run_training()
+    assert t2.global_step == 4 and t2.current_epoch == 2
+    assert all(t.num_updates == 4 for t in t2.trackers.values())
+    assert len(t2._ssl_log()["ssl/w_B"]) == 2
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(os.path.dirname(t2.output_folder), use_folds=(0,))
+    predictor.predict_from_files_sequential(os.path.join(tiny_3d["raw"], "imagesTs"), str(tmp_path))
+    predicted = sorted(f for f in os.listdir(tmp_path) if f.endswith(".nii.gz"))
+    assert predicted == sorted(f"{c}.nii.gz" for c in tiny_3d["summary"]["test"])
