@@ -180,6 +180,8 @@ class nnUNetTrainerDHC(ClassWeightedPairTrainer):
     consistency_weight: float = 0.1
     """w_max of the class-weighted CPS term."""
 
+    cost_model = {"forward": 4, "backward": 4}  # two students on labeled+unlabeled
+
     def compute_losses(self, data, target, unlabeled):
         n = data.shape[0]
         x = torch.cat([data, unlabeled])

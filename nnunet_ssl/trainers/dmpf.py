@@ -76,6 +76,8 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
     teacher_sources = {"teacher_a": "network", "teacher_b": "network_b"}
     inference_model = "teacher_a"
     seg_ce_weight = 0.5
+    # two students on labeled+unlabeled and on their mix (2 x 3), two teachers on unlabeled (2)
+    cost_model = {"forward": 8, "backward": 6}
 
     def initialize(self):
         if self.strong_mix not in STRONG_MIXES:
