@@ -61,7 +61,9 @@ def predict_folder(model_dir: str, input_dir: str, output_dir: str, folds: Seque
     """Predict every case of ``input_dir`` (nnU-Net raw naming) with the model in ``model_dir`` into
     ``output_dir``, as ``nnUNetv2_predict -f <folds> -chk <checkpoint>`` does; returns ``output_dir``.
 
-    ``use_mirroring=False`` is ``--disable_tta``. Existing predictions in ``output_dir`` are overwritten.
+    ``use_mirroring=False`` is ``--disable_tta``. ``num_processes``: worker processes for reading
+    and writing (``-npp``/``-nps``); 0 runs everything in this process (no start-up cost of worker
+    processes: fastest for a few small cases). Existing predictions in ``output_dir`` are overwritten.
     """
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -71,7 +73,13 @@ def predict_folder(model_dir: str, input_dir: str, output_dir: str, folds: Seque
                                 perform_everything_on_device=on_device, device=torch.device(device), verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=progress)
     predictor.initialize_from_trained_model_folder(model_dir, use_folds=tuple(folds), checkpoint_name=checkpoint)
-    predictor.predict_from_files(input_dir, output_dir, save_probabilities=False, overwrite=True,
-                                 num_processes_preprocessing=num_processes,
-                                 num_processes_segmentation_export=num_processes)
+    if int(num_processes) < 0:
+        raise ValueError(f"num_processes must be >= 0, got {num_processes}")
+    if int(num_processes) == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        predictor.predict_from_files_sequential(input_dir, output_dir, save_probabilities=False, overwrite=True)
+    else:
+        predictor.predict_from_files(input_dir, output_dir, save_probabilities=False, overwrite=True,
+                                     num_processes_preprocessing=int(num_processes),
+                                     num_processes_segmentation_export=int(num_processes))
     return output_dir

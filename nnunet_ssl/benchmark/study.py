@@ -439,9 +439,7 @@ class _Executor:
             try:
                 self._prepare(split)
                 self.prepared[key] = None
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as e:  # noqa: BLE001 - recorded in the runs' manifests
+            except Exception as e:  # noqa: BLE001 - recorded in the runs' manifests
                 self.prepared[key] = f"preparing {split.name} failed: {type(e).__name__}: {e}"
         return self.prepared[key]
 
@@ -507,9 +505,7 @@ class _Executor:
                 return RunOutcome(run, "failed", reason, split.name, trained, time.time() - t0)
         try:
             self._predict_and_evaluate(model, run_dir, say)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as e:  # noqa: BLE001 - recorded in the manifest
+        except Exception as e:  # noqa: BLE001 - recorded in the manifest
             reason = f"prediction/evaluation failed: {type(e).__name__}: {e}"
             self._manifest(run, run_dir, "failed", reason)
             return RunOutcome(run, "failed", reason, split.name, trained, time.time() - t0)
@@ -543,7 +539,7 @@ class _Executor:
                     contextlib.redirect_stderr(log):
                 predict_folder(str(model.parent), str(self.test_folder / "imagesTs"), str(tmp), folds=(FOLD,),
                                device=self.device, use_mirroring=self.preset.use_mirroring,
-                               num_processes=self.num_processes)
+                               num_processes=self.num_processes if self.num_processes > 1 else 0)
             _replace_dir(tmp, pred)
         tmp = run_dir / "evaluation.partial"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -56,7 +56,7 @@ def test_presets():
     assert PRESETS["default"].shrink_for("3d_fullres") is None and PRESETS["default"].train_flags() == []
     longer = quick.with_budget(num_epochs=7, num_iterations_per_epoch=None)
     assert longer.budget["num_epochs"] == 7 and longer.budget["num_iterations_per_epoch"] == 25
-    assert quick.with_budget(num_epochs=None) is quick and quick.budget["num_epochs"] == 30
+    assert quick.with_budget(num_epochs=None) is quick and quick.budget["num_epochs"] == 40
     assert longer.train_flags()[:2] == ["--epochs", "7"] and "--save-every" in longer.train_flags()
     with pytest.raises(ValueError, match="unknown budget key"):
         Preset("x", "", budget={"epochs": 3})
