@@ -31,6 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import write_report  # noqa: E402
 BASELINE = "nnUNetTrainer"
+# settings so the measured step is the method's steady state (BCP's first epochs are plain pre-training)
+MEASURE_OVERRIDES = {"nnUNetTrainerBCP": {"pretrain_fraction": 0.0}}
 
 
 def _set_paths(workdir: str) -> None:
@@ -136,7 +138,8 @@ def main() -> int:
         print(f"measuring {name} ...", flush=True)
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--workdir", workdir,
                "--warmup", str(args.warmup), "--steps", str(args.steps)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        env = dict(os.environ, nnUNet_ssl_overrides=json.dumps(MEASURE_OVERRIDES.get(name, {})))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             print(f"  failed: {proc.stderr[-1500:]}")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nnunet_ssl.utils.distributed import is_distributed
 from nnunet_ssl.weighting.functional import one_hot, to_label_map
 
 __all__ = [
@@ -94,13 +95,20 @@ def soft_dice_stats(
     """``(Σ v·p·y, Σ v·p, Σ v·y)`` of probabilities and one-hot targets ``(B, C, *spatial)``.
 
     ``voxel_weights`` ``(B, *spatial)``. Sums over batch and space (``(C,)``) with ``batch_dice``,
-    else over space only (``(B, C)``).
+    else over space only (``(B, C)``). Under DDP the batch-Dice sums are gathered from all ranks
+    (with gradients), so every rank optimises the same Dice as a single process would.
     """
     if voxel_weights is not None:
         vw = voxel_weights.unsqueeze(1)
         probs, onehot = probs * vw, onehot * vw
     dims = ([0] if batch_dice else []) + list(range(2, probs.dim()))
-    return (probs * onehot).sum(dims), probs.sum(dims), onehot.sum(dims)
+    stats = (probs * onehot).sum(dims), probs.sum(dims), onehot.sum(dims)
+    if batch_dice and is_distributed():
+        # pool the batch over every DDP rank, with gradients, as nnU-Net's own batch Dice does
+        from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+
+        stats = tuple(AllGatherGrad.apply(s).sum(0) for s in stats)
+    return stats
 
 
 def weighted_soft_dice(

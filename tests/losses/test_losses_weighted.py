@@ -141,3 +141,43 @@ def test_weighted_dice_ce_in_nnunet_deep_supervision_wrapper():
     vw[:, :, :4] = 0.5
     with_vw = ds(logits, targets, [vw, vw[:, :, ::2, ::2]])
     assert close(with_vw, base(logits[0], targets[0], vw) + 0.5 * base(logits[1], targets[1], vw[:, :, ::2, ::2]))
+
+
+def _ddp_dice_worker(rank, port, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        logits = torch.randn(4, 3, 5, 5)
+        target = torch.randint(0, 3, (4, 1, 5, 5))
+        part = slice(2 * rank, 2 * rank + 2)
+        x = logits[part].clone().requires_grad_(True)
+        loss = weighted_soft_dice(x, target[part], batch_dice=True)
+        loss.backward()
+        results[rank] = (loss.item(), x.grad.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batch_dice_is_pooled_over_ddp_ranks():
+    """Two gloo ranks with half a batch each get the single-process batch Dice of the whole batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 5, 5, requires_grad=True)
+    target = torch.randint(0, 3, (4, 1, 5, 5))
+    full = weighted_soft_dice(logits, target, batch_dice=True)
+    full.backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_dice_worker, args=(port, results), nprocs=2, join=True)
+    assert results[0][0] == pytest.approx(full.item(), rel=1e-5)
+    assert results[1][0] == pytest.approx(full.item(), rel=1e-5)
+    # each rank's gradient is its part of the full gradient (AllGatherGrad scales by world size)
+    grad = torch.cat([results[0][1], results[1][1]])
+    torch.testing.assert_close(grad / grad.abs().sum(), logits.grad / logits.grad.abs().sum(), rtol=1e-4, atol=1e-6)
