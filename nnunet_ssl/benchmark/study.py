@@ -265,10 +265,9 @@ def _design(name: str, folder: Path, output_dir: Path, fractions: Sequence[float
     study_path = output_dir / STUDY_FILE
     record = json.loads(study_path.read_text()) if study_path.is_file() else None
     if record is not None:
-        old = record.get("settings", {})
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        diff = _settings_diff(record.get("settings", {}), settings)
         if diff:
-            details = "; ".join(f"{k}: study has {old.get(k)!r}, now {settings.get(k)!r}" for k in diff)
+            details = "; ".join(diff)
             raise UserError(f"{output_dir} holds a study with other settings ({details}). Continue it with the same "
                             f"settings, or use another --output (and --id-base) for a new study")
         if record.get("test_cases") != pool_split["test"]:
@@ -304,15 +303,35 @@ def _design(name: str, folder: Path, output_dir: Path, fractions: Sequence[float
     return design, new_record
 
 
-def _check_dataset_ids(design: _Design) -> None:
-    """Every dataset id of the study is free or already holds the dataset of this study."""
+def _check_dataset_ids(design: _Design, output_dir: Path) -> None:
+    """Every dataset id of the study is free or already holds the dataset of this study, and the
+    test split, if it exists, belongs to this study folder."""
     from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
+
+    from nnunet_ssl.data.unlabeled import raw_dataset_folder
 
     for ds_id, ds_name in [design.pool] + [(s.id, s.name) for s in design.splits.values()]:
         others = [str(c) for c in find_candidate_datasets(ds_id) if str(c) != ds_name]
         if others:
             raise UserError(f"dataset id {ds_id} is already used by {others[0]} (this study needs it for {ds_name}); "
                             f"choose another --id-base")
+    owner = Path(raw_dataset_folder(design.pool[1])) / OWNER_FILE
+    owned_by = json.loads(owner.read_text()).get("study") if owner.is_file() else str(output_dir)
+    if owned_by != str(output_dir):
+        raise UserError(f"{design.pool[1]} belongs to the study in {owned_by}; continue that study with --output "
+                        f"{owned_by}, or choose another --id-base for a new one")
+
+
+def _settings_diff(old: dict, new: dict, prefix: str = "") -> List[str]:
+    """``key: study has X, now Y`` for every differing (nested, dotted) setting."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _settings_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: study has {a!r}, now {b!r}")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ trainers
@@ -421,12 +440,7 @@ class _Executor:
     def make_test_split(self) -> None:
         from nnunet_ssl.data.split import make_split
 
-        owner = self.test_folder / OWNER_FILE
-        if owner.is_file():
-            owned_by = json.loads(owner.read_text()).get("study")
-            if owned_by != str(self.out):
-                raise UserError(f"{self.d.pool[1]} belongs to the study in {owned_by}; continue that study with "
-                                f"--output {owned_by}, or choose another --id-base for a new one")
+        owner = self.test_folder / OWNER_FILE  # checked by _check_dataset_ids
         make_split(str(self.d.source_folder), str(self.test_folder), self.d.n_pool, self.test_seed, self.d.n_test,
                    self.group_regex)
         if not owner.is_file():
@@ -742,7 +756,7 @@ def run_study(source: Union[int, str, os.PathLike], output_dir: Union[str, os.Pa
         if report_only:
             outcomes = _outcomes_from_manifests(design, output_dir)
             return StudyResult(output_dir, outcomes, write_study_report(design, outcomes, output_dir, baseline, title))
-        _check_dataset_ids(design)
+        _check_dataset_ids(design, output_dir)
         _write_json_atomic(output_dir / STUDY_FILE, record)
         if write_commands is not None:
             path = Path(write_commands).expanduser()

@@ -78,6 +78,22 @@ def test_failure_reason_and_quoting():
     assert st._q("a b") == "'a b'" and st._q("$(rm -rf x)") == "'$(rm -rf x)'"
 
 
+def test_run_training_records_output_and_interrupts(tmp_path):
+    import sys
+
+    log = tmp_path / "train.log"
+    seen = []
+    code = "import sys; print('Epoch 0'); print('ValueError: bad input'); sys.exit(3)"
+    rc, reason = st._run_training([sys.executable, "-c", code], dict(os.environ), log, seen.append)
+    assert rc == 3 and reason == f"ValueError: bad input (exit code 3; log: {log})"
+    assert seen == ["Epoch 0\n", "ValueError: bad input\n"]
+    text = log.read_text()
+    assert text.startswith("\n# ") and text.endswith("Epoch 0\nValueError: bad input\n")
+    assert st._run_training([sys.executable, "-c", "print('fine')"], dict(os.environ), log) == (0, "")
+    with pytest.raises(KeyboardInterrupt):  # a child stopped by Ctrl-C stops the study, recording nothing
+        st._run_training([sys.executable, "-c", "import sys; sys.exit(130)"], dict(os.environ), log)
+
+
 # ---------------------------------------------------------------------------------- commands file
 def _commands(source, tmp_path, preset, name):
     cmds = tmp_path / f"{name}.sh"
@@ -199,6 +215,11 @@ def test_study_end_to_end(source, tmp_path):
     assert not any(o.trained for o in res3.outcomes) and ckpt.stat().st_mtime_ns == stamp
     assert json.loads((run_dir / "run.json").read_text())["status"] == "ok"
     assert "nnUNetTrainerDoesNotExist" not in (out / "report" / "report.md").read_text()
+
+    # another study folder cannot take over these datasets (checked before anything is written)
+    with pytest.raises(UserError, match="belongs to the study in"):
+        st.run_study(SOURCE_ID, tmp_path / "other", **kw)
+    assert not (tmp_path / "other" / "study.json").exists()
 
     # the report alone, from the manifests
     res4 = st.run_study(SOURCE_ID, out, **{**kw, "report_only": True})
