@@ -241,16 +241,16 @@ def _design(name: str, folder: Path, output_dir: Path, fractions: Sequence[float
             settings: dict) -> Tuple[_Design, dict]:
     """Case lists of the test split and of every split, dataset ids (from ``study.json`` when it
     exists), the run list; returns the design and the study record to store."""
-    from nnunet_ssl.data.split import _groups, choose_split, parse_amount
-    from nnunet_ssl.data.unlabeled import _cases_in_folder
+    from nnunet_ssl.data.split import group_cases, choose_split, parse_amount
+    from nnunet_ssl.data.unlabeled import cases_in_folder
 
     dataset_json = json.loads((folder / "dataset.json").read_text())
     ending = dataset_json["file_ending"]
-    images, _ = _cases_in_folder(str(folder / "imagesTr"), ending)
+    images, _ = cases_in_folder(str(folder / "imagesTr"), ending)
     cases = sorted(images)
     if not cases:
         raise UserError(f"{folder}/imagesTr holds no images ending in {ending}")
-    n_groups = len(_groups(cases, group_regex))
+    n_groups = len(group_cases(cases, group_regex))
     unit = "groups" if group_regex else "cases"
     n_test = parse_amount(test, n_groups, "--test")
     if n_test < 1 or n_test >= n_groups:

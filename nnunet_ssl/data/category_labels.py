@@ -46,10 +46,10 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from nnunet_ssl.data.unlabeled import UNLABELED_FOLDER as UNLABELED_IMAGES_FOLDER
 from nnunet_ssl.errors import UserError
 
 CATEGORY_LABELS_FILE = "categoryLabels.json"
-UNLABELED_IMAGES_FOLDER = "imagesUnlabeled"
 _ENTRY_KEYS = ("classes", "stage")
 _MAX_LISTED = 5
 

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from nnunet_ssl.data.unlabeled import UNLABELED_FOLDER, _cases_in_folder
+from nnunet_ssl.data.unlabeled import UNLABELED_FOLDER, cases_in_folder
 from nnunet_ssl.errors import UserError
 
 RECORD_FILE = "nnunet_ssl_split.json"
@@ -45,7 +45,7 @@ def parse_amount(text: Union[str, int, float], total: int, what: str) -> int:
     return n
 
 
-def _groups(cases: Sequence[str], group_regex: Optional[str]) -> Dict[str, List[str]]:
+def group_cases(cases: Sequence[str], group_regex: Optional[str]) -> Dict[str, List[str]]:
     groups: Dict[str, List[str]] = {}
     pattern = re.compile(group_regex) if group_regex else None
     for c in sorted(cases):
@@ -63,7 +63,7 @@ def _groups(cases: Sequence[str], group_regex: Optional[str]) -> Dict[str, List[
 def choose_split(cases: Sequence[str], labeled: Union[str, int], test: Union[str, int] = 0, seed: int = 0,
                  group_regex: Optional[str] = None) -> Dict[str, List[str]]:
     """Seeded choice of labeled / unlabeled / test case ids (groups kept together)."""
-    groups = _groups(cases, group_regex)
+    groups = group_cases(cases, group_regex)
     keys = sorted(groups)
     n_test = parse_amount(test, len(keys), "--test")
     n_lab = parse_amount(labeled, len(keys), "--labeled")
@@ -102,7 +102,7 @@ def make_split(source_folder: str, target_folder: str, labeled: Union[str, int],
         raise UserError("datasets that list their files in dataset.json ('dataset' key) are not supported by split; "
                         "use the standard imagesTr/labelsTr layout")
     ending = dataset_json["file_ending"]
-    images, misfits = _cases_in_folder(os.path.join(source_folder, "imagesTr"), ending)
+    images, misfits = cases_in_folder(os.path.join(source_folder, "imagesTr"), ending)
     if misfits:
         raise UserError(f"imagesTr of {source_folder} has files not named <case>_XXXX{ending}, e.g. {misfits[0]!r}")
     missing = [c for c in images if not os.path.isfile(os.path.join(source_folder, "labelsTr", c + ending))]

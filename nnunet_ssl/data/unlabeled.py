@@ -45,7 +45,7 @@ def unlabeled_preprocessed_folder(preprocessed_dataset_folder_base: str, data_id
     return os.path.join(preprocessed_dataset_folder_base, data_identifier + UNLABELED_SUFFIX)
 
 
-def _cases_in_folder(folder: str, file_ending: str) -> Tuple[Dict[str, List[str]], List[str]]:
+def cases_in_folder(folder: str, file_ending: str) -> Tuple[Dict[str, List[str]], List[str]]:
     """Group ``<case>_XXXX<ending>`` files by case; return (cases, names that do not fit the pattern)."""
     pattern = re.compile(r"(.+)_(\d{4})" + re.escape(file_ending) + r"$")
     cases: Dict[str, List[str]] = {}
@@ -73,7 +73,7 @@ def find_unlabeled_cases(raw_folder: str, dataset_json: dict) -> Dict[str, List[
     if not os.path.isdir(folder):
         raise UserError(f"no unlabeled images: {folder} does not exist. Put unlabeled images there, named like "
                         f"imagesTr (<case>_0000{ending}), or make a semi-supervised dataset with 'nnunet-ssl split'")
-    cases, misfits = _cases_in_folder(folder, ending)
+    cases, misfits = cases_in_folder(folder, ending)
     if misfits:
         raise UserError(f"{len(misfits)} file(s) in {folder} do not match <case>_XXXX{ending} (dataset.json "
                         f"file_ending), e.g. {misfits[0]!r}; rename or remove them")
@@ -97,14 +97,14 @@ def _labeled_case_ids(raw_folder: str, ending: str) -> set:
     folder = os.path.join(raw_folder, "imagesTr")
     if not os.path.isdir(folder):
         return set()
-    return set(_cases_in_folder(folder, ending)[0])
+    return set(cases_in_folder(folder, ending)[0])
 
 
 def _channels_per_case(raw_folder: str, dataset_json: dict) -> int:
     """Number of channel files per case, read from imagesTr (RGB PNGs are one file, three channels)."""
     folder = os.path.join(raw_folder, "imagesTr")
     if os.path.isdir(folder):
-        cases, _ = _cases_in_folder(folder, dataset_json["file_ending"])
+        cases, _ = cases_in_folder(folder, dataset_json["file_ending"])
         if cases:
             return len(next(iter(cases.values())))
     return len(dataset_json["channel_names"])
