@@ -135,14 +135,8 @@ class nnUNetTrainerBCP(nnUNetTrainerSemiSupervised):
         self.print_to_log_file(f"BCP: self-training starts at epoch {self.current_epoch} (step {self.global_step}); "
                                f"teacher initialised from the student")
 
-    def train_step(self, batch: dict) -> dict:
-        if self.self_training:
-            return super().train_step(batch)
-        loader, self.dataloader_unlabeled = self.dataloader_unlabeled, None  # pre-train: no unlabeled batch
-        try:
-            return super().train_step(batch)
-        finally:
-            self.dataloader_unlabeled = loader
+    def uses_unlabeled_batch(self) -> bool:
+        return self.self_training and super().uses_unlabeled_batch()  # pre-train: labeled patches only
 
     def _box(self, x: torch.Tensor) -> torch.Tensor:
         return box_mask(x.shape[2:], self.box_beta, self.generator, device=x.device)

@@ -127,25 +127,6 @@ def sample_view_parameters(shape: Sequence[int], generator: torch.Generator, fli
     return flips, scale, shift
 
 
-class _KeyedStream:
-    """The unlabeled batch iterator, remembering the case ids (``keys``) of its latest batch."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.keys: List[str] = []
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = next(self.stream)
-        self.keys = [str(k) for k in batch["keys"]]
-        return batch
-
-    def __getattr__(self, name):  # _finish etc. of nnU-Net's augmenters
-        return getattr(self.stream, name)
-
-
 # ---------------------------------------------------------------------------------------------- trainers
 class ContrastiveSegmentationTrainer(nnUNetTrainerSemiSupervised):
     """Shared part of the DCL and SimCLR trainers (not a trainer itself): ``L_seg = GDL + focal``
@@ -260,19 +241,12 @@ class nnUNetTrainerDCL(ContrastiveSegmentationTrainer):
                                f"{len(missing)} of {len(self._unlabeled_cases)} unlabeled images have none and are "
                                f"left out of the category losses")
 
-    def get_unlabeled_dataloader(self, cases):
-        return _KeyedStream(super().get_unlabeled_dataloader(cases))
-
-    def train_step(self, batch: dict) -> dict:
-        self._labeled_keys = [str(k) for k in batch.get("keys", ())]
-        return super().train_step(batch)
-
     # ---- losses
     def category_terms(self, features: Sequence[torch.Tensor], target, n_labeled: int) -> Dict[str, torch.Tensor]:
         """``loss_dcl``, ``loss_cls`` (if β > 0) and monitors over the patches with a category label.
         ``features``: encoder stage outputs of the stacked batch ``[labeled; unlabeled]``."""
         vectors, stages, keep = batch_categories(full_resolution(target)[:n_labeled],
-                                                 getattr(self, "_labeled_keys", []), self.dataloader_unlabeled.keys,
+                                                 self.batch_keys["labeled"], self.batch_keys["unlabeled"],
                                                  self.category_labels, self.label_manager.num_segmentation_heads)
         idx = keep.nonzero().squeeze(1).to(features[0].device)
         vectors = vectors.to(features[0].device)[idx]

@@ -108,6 +108,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         self.global_step = 0
         self.generator = torch.Generator().manual_seed(int(self.seed))
         self._validating_with_inference_network = False
+        self.batch_keys: Dict[str, List[str]] = {"labeled": [], "unlabeled": []}
+        """Case ids of the current step's labeled and unlabeled patches (for image-level labels)."""
 
     # ------------------------------------------------------------------ hyper-parameters
     @classmethod
@@ -285,12 +287,19 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         for name, source in self.teacher_sources.items():
             self.teachers[name].update(self.trainable_networks()[source], self.global_step)
 
+    def uses_unlabeled_batch(self) -> bool:
+        """Hook: whether this step draws an unlabeled batch (e.g. False in a supervised pre-train phase)."""
+        return self.dataloader_unlabeled is not None
+
     def train_step(self, batch: dict) -> dict:
         data = self._to_device(batch["data"])
         target = self._to_device(batch["target"])
         unlabeled = None
-        if self.dataloader_unlabeled is not None:
-            unlabeled = self._to_device(next(self.dataloader_unlabeled)["data"])
+        self.batch_keys = {"labeled": [str(k) for k in batch.get("keys", ())], "unlabeled": []}
+        if self.uses_unlabeled_batch():
+            unlabeled_batch = next(self.dataloader_unlabeled)
+            self.batch_keys["unlabeled"] = [str(k) for k in unlabeled_batch.get("keys", ())]
+            unlabeled = self._to_device(unlabeled_batch["data"])
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             terms = self.compute_losses(data, target, unlabeled)
