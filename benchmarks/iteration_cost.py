@@ -51,6 +51,16 @@ def expected_ratio(trainer_cls) -> tuple[float, str]:
     return (f + 2 * b) / 3.0, f"({f:g} fwd + 2x{b:g} bwd) / 3"
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; unlike ru_maxrss it is not inherited from the
+    parent across fork/exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def worker(trainer: str, warmup: int, steps: int) -> dict:
     """Measure one trainer in this process; returns a JSON-able dict."""
     import itertools
@@ -81,7 +91,7 @@ def worker(trainer: str, warmup: int, steps: int) -> dict:
     for _ in range(steps):
         t.train_step(batch)
     compute = (time.perf_counter() - start) / steps
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak_mb = peak_rss_mb()
     ratio, formula = expected_ratio(type(t))
     for dl in (t.dataloader_train, t.dataloader_val, unl):
         finish = getattr(dl, "_finish", None)

@@ -377,6 +377,8 @@ class nnUNetTrainerSimCLR(ContrastiveSegmentationTrainer):
                                                      self.view_scale_range, self.view_shift_std)
         return flip_and_jitter(x, flips, scale, shift)
 
+    cost_model = {"forward": 3, "backward": 3}  # one pass over labeled, unlabeled and the second view
+
     def compute_losses(self, data, target, unlabeled):
         n, m = data.shape[0], unlabeled.shape[0]
         out_l, _ = split_output(self.network(torch.cat([data, unlabeled, self.second_view(unlabeled)])), n)
