@@ -101,24 +101,12 @@ def worker(trainer: str, warmup: int, steps: int) -> dict:
             "expected_ratio": ratio, "expected_formula": formula, "torch_threads": torch.get_num_threads()}
 
 
-def shipped_trainers() -> list[str]:
-    import importlib
-    import inspect
-    import pkgutil
+def method_trainers() -> list[str]:
+    """Every shipped method trainer (no ablations) that runs on the demo dataset."""
+    from nnunet_ssl.catalog import is_ablation, shipped_trainers
 
-    import nnunet_ssl.trainers as pkg
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    names = []
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        m = importlib.import_module(f"nnunet_ssl.trainers.{mod.name}")
-        for name, obj in vars(m).items():
-            if (inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == m.__name__
-                    and name.startswith("nnUNetTrainer") and name != "nnUNetTrainerSemiSupervised"
-                    and "_" not in name[len("nnUNetTrainer"):]
-                    and not getattr(obj, "requires_category_labels", False)):
-                names.append(name)
-    return sorted(names)
+    return [n for n, cls in shipped_trainers().items()
+            if not is_ablation(n) and not getattr(cls, "requires_category_labels", False)]
 
 
 def main() -> int:
@@ -141,7 +129,7 @@ def main() -> int:
     from nnunet_ssl.data.synthetic import SyntheticSpec
 
     prepare_dataset(SyntheticSpec(num_labeled=4, num_unlabeled=24, num_test=8))
-    trainers = args.trainers or shipped_trainers()
+    trainers = args.trainers or method_trainers()
     order = [BASELINE] + [t for t in trainers if t != BASELINE] + [BASELINE]  # baseline first and last
     results = []
     for name in order:

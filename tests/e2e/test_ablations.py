@@ -7,7 +7,7 @@ import math
 import pytest
 
 from conftest import CPU_PLANS
-from registry import is_ablation, shipped_trainers
+from nnunet_ssl.catalog import is_ablation, shipped_trainers
 
 ABLATIONS = [n for n in shipped_trainers() if is_ablation(n)]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import CPU_PLANS, E2E_BUDGET, run_cmd, subprocess_env
-from registry import is_ablation, shipped_trainers
+from nnunet_ssl.catalog import is_ablation, shipped_trainers
 
 TRAINERS = {n: c for n, c in shipped_trainers().items() if not is_ablation(n)}
 

@@ -1,4 +1,8 @@
-"""The trainers this package ships, found by walking nnunet_ssl/trainers (what nnU-Net sees)."""
+"""The trainers this package ships, found by walking ``nnunet_ssl/trainers`` (what nnU-Net sees).
+
+Used by the registry-driven tests and by the benchmarks, so a new trainer is covered by both
+without anyone remembering to add it.
+"""
 from __future__ import annotations
 
 import importlib
@@ -7,7 +11,8 @@ import pkgutil
 
 
 def shipped_trainers() -> dict:
-    """name -> class of every concrete nnUNetTrainer subclass defined in nnunet_ssl.trainers."""
+    """name -> class of every concrete ``nnUNetTrainer<...>`` subclass defined in nnunet_ssl.trainers
+    (the base ``nnUNetTrainerSemiSupervised`` excluded), sorted by name."""
     import nnunet_ssl.trainers as pkg
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -16,8 +21,7 @@ def shipped_trainers() -> dict:
         m = importlib.import_module(f"nnunet_ssl.trainers.{mod.name}")
         for name, obj in vars(m).items():
             if (inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == m.__name__
-                    and name.startswith("nnUNetTrainer") and not getattr(obj, "abstract", False)
-                    and name != "nnUNetTrainerSemiSupervised"):
+                    and name.startswith("nnUNetTrainer") and name != "nnUNetTrainerSemiSupervised"):
                 found[name] = obj
     return dict(sorted(found.items()))
 
