@@ -21,7 +21,7 @@ def run(args) -> int:
     print(f"nnunet_ssl trainers: {trainer_folder()}")
     print(f"{ENV_VAR} in this process: {current or '<unset>'}")
     print("status: registered automatically (nnunet_ssl_register.pth)" if registered else
-          f"status: not registered; run: eval \"$(nnunet-ssl env --export)\"")
+          "status: not registered; run: eval \"$(nnunet-ssl env --export)\"")
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         print(f"{var}: {os.environ.get(var, '<unset>')}")
     return 0

@@ -13,7 +13,6 @@ fraction then counts groups (10% of 70 patients = 7 patients), as the literature
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnunet_ssl.losses.weighted import _class_weights, soft_dice_stats

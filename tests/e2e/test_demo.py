@@ -1,6 +1,5 @@
 """The README's first command (``nnunet-ssl demo``) runs end to end, here on a minimal budget."""
 import json
-import os
 
 import pytest
 

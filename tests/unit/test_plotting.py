@@ -1,4 +1,3 @@
-import math
 import os
 
 from nnunet_ssl.plotting import plot_ssl_progress
