@@ -25,6 +25,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
@@ -186,8 +187,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     # ------------------------------------------------------------------ unlabeled data
     def ensure_unlabeled_preprocessed(self) -> List[str]:
         """Preprocess new raw unlabeled cases (rank 0; idempotent) and return the case ids."""
-        raw = os.path.join(os.environ.get("nnUNet_raw", ""), self.plans_manager.dataset_name)
-        has_raw = bool(os.environ.get("nnUNet_raw")) and os.path.isdir(os.path.join(raw, UNLABELED_FOLDER))
+        raw = os.path.join(nnUNet_raw.get() or "", self.plans_manager.dataset_name)
+        has_raw = nnUNet_raw.is_set() and os.path.isdir(os.path.join(raw, UNLABELED_FOLDER))
         if has_raw:
             if self.local_rank == 0:
                 todo = set(find_unlabeled_cases(raw, self.dataset_json)) - set(unlabeled_case_ids(self.unlabeled_folder))
