@@ -52,3 +52,16 @@ def test_env_command_prints_export_line():
     p = subprocess.run(["nnunet-ssl", "env", "--export"], env=_clean_env(), capture_output=True, text=True, timeout=60)
     assert p.returncode == 0
     assert p.stdout.strip() == f"export nnUNet_extTrainer={trainer_folder()}"
+
+
+def test_pth_line_is_silent_when_the_package_is_gone(tmp_path):
+    """The installed .pth runs in every interpreter; if the package's files were moved or deleted
+    (a stale editable install), it must do nothing rather than print a traceback at start-up."""
+    pth = os.path.join(os.path.dirname(trainer_folder()), "_nnunet_ssl_register.pth")
+    line = open(pth).read().strip()
+    assert line.startswith("import ")  # site.py executes only lines starting with 'import'
+    # -S: no site-packages, so nnunet_ssl cannot be found; -I: ignore PYTHON* and the cwd
+    p = subprocess.run([sys.executable, "-S", "-I", "-c", line + "; import os; print(os.environ.get('nnUNet_extTrainer'))"],
+                       env=_clean_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == "" and p.stdout.strip() == "None"
