@@ -8,6 +8,12 @@
   64×64 in 2D) and a short budget, so that a 2-fraction × 2-trainer × 1-seed study of
   Dataset904_HippocampusDev (200 cases, 20% test) finishes in under an hour on two CPU cores.
   Numbers from it rank methods roughly; they are not the methods' converged accuracy.
+- ``cpu-2d``: for 2D configurations of larger images such as ACDC's short-axis slices (~256×208
+  at 1.5 mm): four stages of 16/32/64/128 features, patch 128×128, batch 4, 80 epochs of 50
+  iterations. The 64×64 patches of ``cpu-quick`` see too little context there: on
+  Dataset927_ACDCDev at 10% both nnUNetTrainer and nnUNetTrainerBCP stayed at Dice 0 after
+  40×25 iterations. On an idle 2-core machine an nnUNetTrainer iteration takes ~0.105 s, so
+  its 4000 iterations train in ~7 min (BCP ~2.2× that).
 
   Estimate for that study (fractions 10% and 20%, nnUNetTrainer and nnUNetTrainerMeanTeacher, 40
   test cases), from short timings on an idle 2-core machine: an epoch of 25 iterations takes ~3.9 s
@@ -111,6 +117,19 @@ PRESETS: Dict[str, Preset] = {
                 2: dict(patch_size=(64, 64), features_per_stage=(8, 16, 32), batch_size=4)},
         budget={"num_epochs": 40, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 2,
                 "save_every": 5},
+        device="cpu",
+        use_mirroring=False,
+        num_processes=2,
+        env={"nnUNet_n_proc_DA": "1", "nnUNet_compile": "false"},
+    ),
+    "cpu-2d": Preset(
+        name="cpu-2d",
+        description="CPU-sized 2D plans (4 stages, 16/32/64/128 features, patch 128x128, batch 4), 80 x 50 "
+                    "iterations, no test-time mirroring; for 2d studies of images like ACDC's (~256x208)",
+        plans="nnUNetPlans_cpu2d",
+        shrink={2: dict(patch_size=(128, 128), features_per_stage=(16, 32, 64, 128), batch_size=4)},
+        budget={"num_epochs": 80, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 4,
+                "save_every": 10},
         device="cpu",
         use_mirroring=False,
         num_processes=2,
