@@ -7,8 +7,13 @@
 3. trains ``nnUNetTrainer`` and ``nnUNetTrainerMeanTeacher`` with the same budget (fold ``all``);
 4. predicts the test cases with nnU-Net's predictor and prints a per-class Dice table.
 
+``--dim 2`` runs the same job on 2D RGB frames (PNG, nnU-Net's natural-image reader) whose training
+frames all carry image-level category labels (``categoryLabels.json``), comparing nnUNetTrainer with
+the category-supervised ``nnUNetTrainerDCLCls`` by default.
+
 Everything lives under ``--workdir`` (nnU-Net's three folders are pointed there for this command);
-rerunning reuses finished steps, so an interrupted demo continues where it stopped.
+rerunning reuses finished steps, so an interrupted demo continues where it stopped. A workdir
+remembers the data settings it was made with and refuses others.
 """
 from __future__ import annotations
 
@@ -16,17 +21,50 @@ import contextlib
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
-DATASET_ID = 990
-DATASET_NAME = f"Dataset{DATASET_ID}_SSLDemo"
-CONFIG = "3d_fullres"
+from nnunet_ssl.errors import UserError
+from nnunet_ssl.planners.shrink import CPU_PRESETS
+
+
+@dataclass(frozen=True)
+class DemoKind:
+    """The dataset and CPU plans of one demo variant."""
+
+    dim: int
+    dataset_id: int
+    configuration: str
+    shape: tuple
+    shrink: dict
+    default_trainers: tuple
+    unit: str  # what a case is called in messages
+
+    @property
+    def dataset_name(self) -> str:
+        return f"Dataset{self.dataset_id}_SSLDemo" + ("" if self.dim == 3 else "2D")
+
+
+KINDS = {
+    3: DemoKind(3, 990, "3d_fullres", (32, 32, 32), CPU_PRESETS["3d"], ("nnUNetTrainer", "nnUNetTrainerMeanTeacher"),
+                "volumes"),
+    2: DemoKind(2, 989, "2d", (64, 64), dict(CPU_PRESETS["2d"], patch_size=(64, 64)),
+                ("nnUNetTrainer", "nnUNetTrainerDCLCls"), "RGB frames"),
+}
+DATASET_ID = KINDS[3].dataset_id
+DATASET_NAME = KINDS[3].dataset_name
+CONFIG = KINDS[3].configuration
 PLANS = "nnUNetPlans_cpu"
+SETTINGS_FILE = "demo_settings.json"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--workdir", default="nnunet_ssl_demo", help="folder for data and results (default: ./nnunet_ssl_demo)")
-    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerMeanTeacher"],
-                        help="trainers to compare (default: nnUNetTrainer nnUNetTrainerMeanTeacher)")
+    parser.add_argument("--dim", type=int, choices=(3, 2), default=3,
+                        help="3: grey 3D volumes (default); 2: RGB frames with image-level category labels")
+    parser.add_argument("--trainers", nargs="+", default=None,
+                        help="trainers to compare (default: nnUNetTrainer nnUNetTrainerMeanTeacher; with --dim 2 "
+                             "nnUNetTrainer nnUNetTrainerDCLCls)")
     parser.add_argument("--epochs", type=int, default=20, help="epochs per trainer (default 20)")
     parser.add_argument("--iters", type=int, default=25, help="iterations per epoch (default 25)")
     parser.add_argument("--labeled", type=int, default=4, help="labeled training cases (default 4)")
@@ -47,38 +85,68 @@ def _set_paths(workdir: str) -> None:
     os.environ.setdefault("nnUNet_compile", "false")
 
 
-def prepare_dataset(spec, num_processes: int = 2) -> None:
+def make_spec(kind: DemoKind, labeled: int, unlabeled: int, test: int, seed: int):
+    """The synthetic data of a demo variant (2D: every training frame has a category label)."""
+    from nnunet_ssl.data.synthetic import SyntheticSpec
+
+    return SyntheticSpec(num_labeled=labeled, num_unlabeled=unlabeled, num_test=test, seed=seed, dim=kind.dim,
+                         shape=kind.shape, spacing=(1.0,) * kind.dim, category_labels=kind.dim == 2)
+
+
+def check_settings(workdir: str, settings: dict) -> None:
+    """Record the data settings of a new workdir; refuse a workdir made with other ones (its data,
+    plans and models would silently be reused)."""
+    import json
+
+    path = os.path.join(workdir, SETTINGS_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != settings:
+            diff = ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v)
+            raise UserError(f"{workdir} holds a demo made with other data settings ({diff}); keep them or use "
+                            f"another --workdir")
+        return
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(settings, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def prepare_dataset(spec, num_processes: int = 2, kind: Optional[DemoKind] = None) -> None:
     """Generate (if absent), plan, preprocess labeled and unlabeled cases, shrink plans."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
     from nnunet_ssl.data.synthetic import generate_dataset
     from nnunet_ssl.data.unlabeled import preprocess_unlabeled
-    from nnunet_ssl.planners.shrink import CPU_PRESETS, write_shrunk_plans
+    from nnunet_ssl.planners.shrink import write_shrunk_plans
 
-    raw = os.path.join(nnUNet_raw.get(), DATASET_NAME)
+    kind = kind or KINDS[3]
+    raw = os.path.join(nnUNet_raw.get(), kind.dataset_name)
     if not os.path.isfile(os.path.join(raw, "dataset.json")):
-        print(f"[1/4] generating {DATASET_NAME}: {spec.num_labeled} labeled, {spec.num_unlabeled} unlabeled, "
-              f"{spec.num_test} test volumes of {spec.shape}")
-        generate_dataset(raw, spec)
-    pre = os.path.join(nnUNet_preprocessed.get(), DATASET_NAME)
+        print(f"[1/4] generating {kind.dataset_name}: {spec.num_labeled} labeled, {spec.num_unlabeled} unlabeled, "
+              f"{spec.num_test} test {kind.unit} of {spec.shape}")
+        generate_dataset(raw, spec, overwrite=True)  # a half-written folder from an interrupted run is redone
+    pre = os.path.join(nnUNet_preprocessed.get(), kind.dataset_name)
     if not os.path.isfile(os.path.join(pre, PLANS + ".json")):
         from nnunet_ssl.pipeline import plan_and_preprocess
 
         print("[2/4] nnU-Net planning and preprocessing")
         with open(os.path.join(nnUNet_preprocessed.get(), "..", "demo_console.log"), "a") as log, \
                 contextlib.redirect_stdout(log):
-            plan_and_preprocess(DATASET_ID, (CONFIG,), num_processes)
-        write_shrunk_plans(pre, CONFIG, "nnUNetPlans", PLANS, **CPU_PRESETS["3d"])
-    preprocess_unlabeled(DATASET_ID, CONFIG, PLANS, num_processes=num_processes)
+            plan_and_preprocess(kind.dataset_id, (kind.configuration,), num_processes)
+        write_shrunk_plans(pre, kind.configuration, "nnUNetPlans", PLANS, **kind.shrink)
+    preprocess_unlabeled(kind.dataset_id, kind.configuration, PLANS, num_processes=num_processes)
 
 
-def predict_test(trainer: str, out_dir: str) -> str:
+def predict_test(trainer: str, out_dir: str, kind: Optional[DemoKind] = None) -> str:
     from nnunetv2.paths import nnUNet_raw
 
     from nnunet_ssl.pipeline import model_folder, predict_folder
 
-    return predict_folder(model_folder(DATASET_NAME, trainer, PLANS, CONFIG),
-                          os.path.join(nnUNet_raw.get(), DATASET_NAME, "imagesTs"), out_dir)
+    kind = kind or KINDS[3]
+    return predict_folder(model_folder(kind.dataset_name, trainer, PLANS, kind.configuration),
+                          os.path.join(nnUNet_raw.get(), kind.dataset_name, "imagesTs"), out_dir)
 
 
 def dice_table(pred_dirs: dict, ref_dir: str, labels: dict) -> tuple[str, dict]:
@@ -115,35 +183,40 @@ def run(args) -> int:
 
     from nnunetv2.paths import nnUNet_raw, nnUNet_results
 
-    from nnunet_ssl.data.synthetic import SyntheticSpec
     from nnunet_ssl.runner import train
 
     t0 = time.time()
-    spec = SyntheticSpec(num_labeled=args.labeled, num_unlabeled=args.unlabeled, num_test=args.test, seed=args.seed)
-    prepare_dataset(spec)
+    kind = KINDS[args.dim]
+    trainers = args.trainers or list(kind.default_trainers)
+    check_settings(workdir, {"dim": args.dim, "labeled": args.labeled, "unlabeled": args.unlabeled,
+                             "test": args.test, "seed": args.seed})
+    spec = make_spec(kind, args.labeled, args.unlabeled, args.test, args.seed)
+    prepare_dataset(spec, kind=kind)
     pred_dirs = {}
-    for i, trainer in enumerate(args.trainers):
-        out = os.path.join(nnUNet_results.get(), DATASET_NAME, f"{trainer}__{PLANS}__{CONFIG}", "fold_all")
+    for trainer in trainers:
+        out = os.path.join(nnUNet_results.get(), kind.dataset_name, f"{trainer}__{PLANS}__{kind.configuration}",
+                           "fold_all")
         if not os.path.isfile(os.path.join(out, "checkpoint_final.pth")):
             print(f"[3/4] training {trainer} ({args.epochs} epochs x {args.iters} iterations, CPU)")
             t = time.time()
-            train(DATASET_ID, CONFIG, "all", trainer, PLANS, "cpu", continue_training=True, validate=False,
+            train(kind.dataset_id, kind.configuration, "all", trainer, PLANS, "cpu", continue_training=True, validate=False,
                   budget={"num_epochs": args.epochs, "num_iterations_per_epoch": args.iters,
                           "num_val_iterations_per_epoch": 2}, progress=True)
             print(f"      {trainer} trained in {time.time() - t:.0f} s (nnU-Net's log: {out})")
         pred_dirs[trainer] = os.path.join(workdir, "predictions", trainer)
         print(f"[4/4] predicting the test cases with {trainer}")
         with open(os.path.join(workdir, "demo_console.log"), "a") as log, contextlib.redirect_stdout(log):
-            predict_test(trainer, pred_dirs[trainer])
-    raw = os.path.join(nnUNet_raw.get(), DATASET_NAME)
+            predict_test(trainer, pred_dirs[trainer], kind)
+    raw = os.path.join(nnUNet_raw.get(), kind.dataset_name)
     with open(os.path.join(raw, "dataset.json")) as f:
         labels = json.load(f)["labels"]
     table, results = dice_table(pred_dirs, os.path.join(raw, "labelsTs"), labels)
     with open(os.path.join(workdir, "demo_results.json"), "w") as f:
-        json.dump({"dice": results, "epochs": args.epochs, "iterations_per_epoch": args.iters,
+        json.dump({"dice": results, "epochs": args.epochs, "iterations_per_epoch": args.iters, "dim": args.dim,
                    "labeled": args.labeled, "unlabeled": args.unlabeled, "test": args.test}, f, indent=1)
-    print(f"\nTest-set Dice ({args.test} held-out volumes; {args.labeled} labeled + {args.unlabeled} unlabeled "
-          f"training volumes; {args.epochs}x{args.iters} iterations each):\n")
+    unlabeled = "unlabeled" if args.dim == 3 else "category-labeled"
+    print(f"\nTest-set Dice ({args.test} held-out {kind.unit}; {args.labeled} labeled + {args.unlabeled} {unlabeled} "
+          f"training {kind.unit}; {args.epochs}x{args.iters} iterations each):\n")
     print(table)
     print(f"\nfinished in {time.time() - t0:.0f} s; everything is in {workdir}")
     return 0
