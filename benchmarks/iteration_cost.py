@@ -1,7 +1,9 @@
 """Time per iteration and peak memory of every trainer against nnUNetTrainer, in one run.
 
 Each trainer runs in its own process on the demo dataset with CPU plans (32³ patches, features
-8/16/32, batch 2, unlabeled batch 2). Two timings per trainer:
+8/16/32, batch 2, unlabeled batch 2); the trainers that need image-level category labels run on the
+2D RGB demo (``nnunet-ssl demo --dim 2``: 64² patches, batch 4) against an nnUNetTrainer on that
+same dataset. Two timings per trainer:
 
 - ``step``: the training step alone, on one cached labeled and one cached unlabeled batch
   (forward, backward, optimizer, EMA/tracker updates): what the method's compute costs;
@@ -61,18 +63,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker(trainer: str, warmup: int, steps: int) -> dict:
+def worker(trainer: str, warmup: int, steps: int, dim: int) -> dict:
     """Measure one trainer in this process; returns a JSON-able dict."""
     import itertools
 
     import torch
 
-    from nnunet_ssl.commands.demo import CONFIG, DATASET_ID, PLANS
+    from nnunet_ssl.commands.demo import KINDS, PLANS
     from nnunet_ssl.runner import build_trainer
 
     torch.manual_seed(0)
-    t = build_trainer(DATASET_ID, CONFIG, "all", trainer, PLANS, "cpu", budget={"num_epochs": 1000,
-                                                                            "num_iterations_per_epoch": 1000})
+    kind = KINDS[dim]
+    t = build_trainer(kind.dataset_id, kind.configuration, "all", trainer, PLANS, "cpu",
+                      budget={"num_epochs": 1000, "num_iterations_per_epoch": 1000})
     t.disable_checkpointing = True
     t.on_train_start()
     t.on_train_epoch_start()
@@ -101,40 +104,25 @@ def worker(trainer: str, warmup: int, steps: int) -> dict:
             "expected_ratio": ratio, "expected_formula": formula, "torch_threads": torch.get_num_threads()}
 
 
-def method_trainers() -> list[str]:
-    """Every shipped method trainer (no ablations) that runs on the demo dataset."""
+def method_trainers() -> dict[int, list[str]]:
+    """Every shipped method trainer (no ablations) by the demo it runs on: 2 for those that need
+    category labels, 3 for the others."""
     from nnunet_ssl.catalog import is_ablation, shipped_trainers
 
-    return [n for n, cls in shipped_trainers().items()
-            if not is_ablation(n) and not getattr(cls, "requires_category_labels", False)]
+    out = {3: [], 2: []}
+    for n, cls in shipped_trainers().items():
+        if not is_ablation(n):
+            out[2 if getattr(cls, "requires_category_labels", False) else 3].append(n)
+    return out
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", default=os.path.join(HERE, "..", "nnunet_ssl_demo"))
-    p.add_argument("--trainers", nargs="*", default=None)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=15)
-    p.add_argument("--out", default=os.path.join(HERE, "results", "iteration_cost.md"))
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    workdir = os.path.abspath(args.workdir)
-    _set_paths(workdir)
-    if args.worker:
-        os.environ["nnUNet_n_proc_DA"] = "0"  # augmentation in this process (planning needs >= 1)
-        print("RESULT " + json.dumps(worker(args.worker, args.warmup, args.steps)))
-        return 0
-
-    from nnunet_ssl.commands.demo import prepare_dataset
-    from nnunet_ssl.data.synthetic import SyntheticSpec
-
-    prepare_dataset(SyntheticSpec(num_labeled=4, num_unlabeled=24, num_test=8))
-    trainers = args.trainers or method_trainers()
-    order = [BASELINE] + [t for t in trainers if t != BASELINE] + [BASELINE]  # baseline first and last
+def measure(names: list[str], dim: int, workdir: str, args) -> list[dict]:
+    """nnUNetTrainer first and last, the others in between, each in its own process."""
+    order = [BASELINE] + [t for t in names if t != BASELINE] + [BASELINE]
     results = []
     for name in order:
-        print(f"measuring {name} ...", flush=True)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--workdir", workdir,
+        print(f"measuring {name} ({dim}D demo) ...", flush=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--dim", str(dim), "--workdir", workdir,
                "--warmup", str(args.warmup), "--steps", str(args.steps)]
         env = dict(os.environ, nnUNet_ssl_overrides=json.dumps(MEASURE_OVERRIDES.get(name, {})))
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -147,18 +135,17 @@ def main() -> int:
         print(f"  step {r['step_s'] * 1000:.0f} ms, step+data {r['step_data_s'] * 1000:.0f} ms, "
               f"peak RSS {r['peak_rss_mb']:.0f} MB")
         results.append(r)
+    return results
 
+
+def table(results: list[dict]) -> list[str]:
     base = [r for r in results if r["trainer"] == BASELINE and not r.get("failed")]
+    if not base:
+        return ["nnUNetTrainer failed; no ratios."]
     b_step = sum(r["step_s"] for r in base) / len(base)
     b_data = sum(r["step_data_s"] for r in base) / len(base)
     b_mem = sum(r["peak_rss_mb"] for r in base) / len(base)
-    lines = ["# Iteration cost against nnUNetTrainer", "",
-             f"Demo dataset, CPU plans (patch 32³, features 8/16/32, batch 2 labeled + 2 unlabeled), "
-             f"{os.cpu_count()} CPU cores, {args.steps} timed steps after {args.warmup} warm-up steps, one process "
-             f"per trainer; nnUNetTrainer measured first and last (mean shown). `step`: training step on cached "
-             f"batches (compute); `step+data`: with nnU-Net's augmentation in the same process. Expected ratio = "
-             f"(forward + 2·backward passes)/3 in labeled-batch units from each trainer's `cost_model`.", "",
-             "| trainer | step [ms] | ratio | expected | formula | ≤ 1.15× expected | step+data [ms] | ratio | peak RSS [MB] |",
+    lines = ["| trainer | step [ms] | ratio | expected | formula | ≤ 1.15× expected | step+data [ms] | ratio | peak RSS [MB] |",
              "|---|---|---|---|---|---|---|---|---|",
              f"| {BASELINE} | {b_step * 1000:.0f} | 1.00 | 1.00 | 1 fwd + 1 bwd | yes | {b_data * 1000:.0f} | 1.00 | "
              f"{b_mem:.0f} |"]
@@ -174,6 +161,50 @@ def main() -> int:
         lines.append(f"| {r['trainer']} | {r['step_s'] * 1000:.0f} | {ratio:.2f} | {exp:.2f} | {r['expected_formula']} "
                      f"| {ok} | {r['step_data_s'] * 1000:.0f} | {r['step_data_s'] / b_data:.2f} | "
                      f"{r['peak_rss_mb']:.0f} |")
+    return lines
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default=os.path.join(HERE, "..", "nnunet_ssl_demo"))
+    p.add_argument("--trainers", nargs="*", default=None)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--out", default=os.path.join(HERE, "results", "iteration_cost.md"))
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--dim", type=int, default=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    workdir = os.path.abspath(args.workdir)
+    _set_paths(workdir)
+    if args.worker:
+        os.environ["nnUNet_n_proc_DA"] = "0"  # augmentation in this process (planning needs >= 1)
+        print("RESULT " + json.dumps(worker(args.worker, args.warmup, args.steps, args.dim)))
+        return 0
+
+    from nnunet_ssl.catalog import shipped_trainers
+    from nnunet_ssl.commands.demo import KINDS, make_spec, prepare_dataset
+
+    if args.trainers:
+        shipped = shipped_trainers()
+        groups = {3: [], 2: []}
+        for n in args.trainers:
+            groups[2 if getattr(shipped.get(n), "requires_category_labels", False) else 3].append(n)
+    else:
+        groups = method_trainers()
+    sections = {3: "3D demo dataset, CPU plans (patch 32³, features 8/16/32, batch 2 labeled + 2 unlabeled)",
+                2: "2D RGB demo dataset with category labels (`nnunet-ssl demo --dim 2`), CPU plans (patch 64², "
+                   "features 8/16/32, batch 4 labeled + 4 unlabeled)"}
+    lines = ["# Iteration cost against nnUNetTrainer", "",
+             f"{os.cpu_count()} CPU cores, {args.steps} timed steps after {args.warmup} warm-up steps, one process "
+             f"per trainer; nnUNetTrainer measured first and last on the same dataset (mean shown). `step`: training "
+             f"step on cached batches (compute); `step+data`: with nnU-Net's augmentation in the same process. "
+             f"Expected ratio = (forward + 2·backward passes)/3 in labeled-batch units from each trainer's "
+             f"`cost_model`."]
+    for dim in (3, 2):
+        if not groups[dim]:
+            continue
+        prepare_dataset(make_spec(KINDS[dim], 4, 24, 8, 0), kind=KINDS[dim])
+        lines += ["", f"## {sections[dim]}", ""] + table(measure(groups[dim], dim, workdir, args))
     lines += ["", f"Command: `python benchmarks/iteration_cost.py --steps {args.steps} --warmup {args.warmup}`", ""]
     write_report(lines, args.out)
     return 0

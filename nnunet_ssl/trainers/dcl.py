@@ -205,6 +205,7 @@ class nnUNetTrainerDCL(ContrastiveSegmentationTrainer):
     """β: weight of the multi-label classification loss (0: no classification head)."""
 
     requires_category_labels = True
+    cost_model = {"forward": 2, "backward": 2}  # one pass over labeled + unlabeled patches (heads are small)
 
     @property
     def extra_network_names(self) -> Tuple[str, ...]:
