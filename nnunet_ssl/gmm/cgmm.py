@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_ssl.utils.distributed import all_reduce_sum
+from nnunet_ssl.utils.tensors import class_argmax
 from nnunet_ssl.weighting.functional import to_label_map
 
 EXCLUDED_LOG_POSTERIOR = -1.0e4
@@ -195,7 +196,7 @@ def log_posterior(
 
 def cgmm_predict(log_post: torch.Tensor) -> torch.Tensor:
     """CGMM prediction ``G = argmax_k P(k|x)``: ``(B, K, *spatial)`` → ``(B, *spatial)`` long."""
-    return log_post.argmax(dim=1)
+    return class_argmax(log_post)
 
 
 class ClassConditionalGMM:

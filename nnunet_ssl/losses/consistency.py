@@ -6,6 +6,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from nnunet_ssl.utils.tensors import class_argmax
+
 
 def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean Teacher consistency (Tarvainen & Valpola 2017): ``mean((softmax(s) − softmax(t))²)``.
@@ -23,7 +25,7 @@ def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> t
 
 def hard_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
     """``argmax`` over classes (dim 1) of detached logits: ``(B, C, *spatial)`` -> ``(B, *spatial)`` long."""
-    return logits.detach().float().argmax(1)
+    return class_argmax(logits.detach().float())
 
 
 def cross_pseudo_supervision(logits_a: torch.Tensor, logits_b: torch.Tensor,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from nnunet_ssl.gmm.cgmm import _no_autocast, labels_at
 from nnunet_ssl.losses.weighted import weighted_cross_entropy
 from nnunet_ssl.utils.distributed import all_reduce_sum
+from nnunet_ssl.utils.tensors import class_argmax
 from nnunet_ssl.weighting.functional import one_hot
 
 __all__ = [
@@ -77,7 +78,7 @@ def _log1m_softmax(logits: torch.Tensor) -> torch.Tensor:
     ``log1p(−p)``, fed a harmless value where not selected so no inf/NaN gradient can leak.
     """
     log_p = torch.log_softmax(logits, 1)
-    is_top = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.argmax(1, keepdim=True), True)
+    is_top = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, class_argmax(logits)[:, None], True)
     others = torch.logsumexp(logits.masked_fill(is_top, float("-inf")), 1, keepdim=True)
     top = others - torch.logsumexp(logits, 1, keepdim=True)
     rest = torch.log1p(-torch.exp(torch.where(is_top, torch.full_like(log_p, -1.0), log_p)))
@@ -153,7 +154,7 @@ def rectify_pseudo_labels(logits: torch.Tensor, log_post: torch.Tensor) -> torch
     """
     _check_same_shape("logits", logits, "log_post", log_post)
     with torch.no_grad(), _no_autocast(logits.device):
-        return (torch.log_softmax(logits.float(), 1) + log_post.float()).argmax(1)
+        return class_argmax(torch.log_softmax(logits.float(), 1) + log_post.float())
 
 
 def loss_rectify(

@@ -15,6 +15,7 @@ from nnunet_ssl.losses.guidednet import (loss_cons, loss_gt, loss_max, loss_rect
 from nnunet_ssl.losses.weighted import weighted_cross_entropy
 from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised, split_output
 from nnunet_ssl.utils.modules import full_resolution
+from nnunet_ssl.utils.tensors import class_argmax
 from nnunet_ssl.weighting.trackers import KTWeightTracker
 
 CGMM_TERMS = ("gt", "self", "max", "cons", "rectify")
@@ -144,7 +145,7 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervised):
             if "rectify" in on:
                 pseudo = {s: rectify_pseudo_labels(logits_u[s], lp_u[s]) for s in NETS}
                 out["loss_rectify"] = loss_rectify(logits_u["a"], logits_u["b"], pseudo["a"], pseudo["b"])
-                out["rect_rate"] = rectification_rate(torch.cat([logits_u[s].argmax(1) for s in NETS]),
+                out["rect_rate"] = rectification_rate(torch.cat([class_argmax(logits_u[s]) for s in NETS]),
                                                       torch.cat([pseudo[s] for s in NETS]))
         return out
 

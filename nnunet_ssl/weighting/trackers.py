@@ -21,6 +21,7 @@ from torch import Tensor
 
 from nnunet_ssl.utils.distributed import all_reduce_sum
 from nnunet_ssl.utils.modules import full_resolution
+from nnunet_ssl.utils.tensors import class_argmax
 from nnunet_ssl.weighting.functional import (
     class_counts,
     confidence_from_stats,
@@ -195,7 +196,7 @@ class DisWTracker(ClassWeightTracker):
             counts += class_counts(labels, self.num_classes, valid)
             used = True
         if self.count_unlabeled and unlabeled_logits is not None:
-            counts += class_counts(unlabeled_logits.argmax(1), self.num_classes)
+            counts += class_counts(class_argmax(unlabeled_logits), self.num_classes)
             used = True
         if not used:
             raise ValueError(
@@ -246,7 +247,7 @@ class DifWTracker(ClassWeightTracker):
 
     def _update(self, logits, labels, valid, unlabeled_logits) -> None:
         self._require(logits=logits, target=labels)
-        stats = torch.stack(hard_dice_stats(logits.argmax(1), labels, self.num_classes, valid))
+        stats = torch.stack(hard_dice_stats(class_argmax(logits), labels, self.num_classes, valid))
         dice, present = dice_from_stats(*all_reduce_sum(stats))
         s = self._state
         new = difficulty_step(
@@ -401,7 +402,7 @@ class KTWeightTracker(ClassWeightTracker):
     def _update(self, logits, labels, valid, unlabeled_logits) -> None:
         self._require(logits=logits, target=labels)
         stats = torch.stack(
-            [correct_counts(logits.argmax(1), labels, self.num_classes, valid), class_counts(labels, self.num_classes, valid)]
+            [correct_counts(class_argmax(logits), labels, self.num_classes, valid), class_counts(labels, self.num_classes, valid)]
         )
         correct, counts = all_reduce_sum(stats)
         present = counts > 0
