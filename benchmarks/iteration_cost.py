@@ -63,6 +63,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+MIN_TIMED_SECONDS = 4.0
+"""Steps are repeated beyond ``--steps`` until this much time was measured: a 2D step of ~15 ms
+timed 15 times would otherwise be within the noise of the machine."""
+
+
+def timed(step, steps: int) -> float:
+    """Mean seconds per call of ``step`` over at least ``steps`` calls and MIN_TIMED_SECONDS."""
+    n, start = 0, time.perf_counter()
+    while n < steps or time.perf_counter() - start < MIN_TIMED_SECONDS:
+        step()
+        n += 1
+    return (time.perf_counter() - start) / n
+
+
 def worker(trainer: str, warmup: int, steps: int, dim: int) -> dict:
     """Measure one trainer in this process; returns a JSON-able dict."""
     import itertools
@@ -81,19 +95,13 @@ def worker(trainer: str, warmup: int, steps: int, dim: int) -> dict:
     t.on_train_epoch_start()
     for _ in range(warmup):
         t.train_step(next(t.dataloader_train))
-    start = time.perf_counter()
-    for _ in range(steps):
-        t.train_step(next(t.dataloader_train))
-    with_data = (time.perf_counter() - start) / steps
+    with_data = timed(lambda: t.train_step(next(t.dataloader_train)), steps)
     # cached batches: compute only
     batch = next(t.dataloader_train)
     unl = getattr(t, "dataloader_unlabeled", None)
     if unl is not None:
         t.dataloader_unlabeled = itertools.repeat(next(unl))
-    start = time.perf_counter()
-    for _ in range(steps):
-        t.train_step(batch)
-    compute = (time.perf_counter() - start) / steps
+    compute = timed(lambda: t.train_step(batch), steps)
     peak_mb = peak_rss_mb()
     ratio, formula = expected_ratio(type(t))
     for dl in (t.dataloader_train, t.dataloader_val, unl):
@@ -195,7 +203,7 @@ def main() -> int:
                 2: "2D RGB demo dataset with category labels (`nnunet-ssl demo --dim 2`), CPU plans (patch 64², "
                    "features 8/16/32, batch 4 labeled + 4 unlabeled)"}
     lines = ["# Iteration cost against nnUNetTrainer", "",
-             f"{os.cpu_count()} CPU cores, {args.steps} timed steps after {args.warmup} warm-up steps, one process "
+             f"{os.cpu_count()} CPU cores, at least {args.steps} timed steps and {MIN_TIMED_SECONDS:g} s after {args.warmup} warm-up steps, one process "
              f"per trainer; nnUNetTrainer measured first and last on the same dataset (mean shown). `step`: training "
              f"step on cached batches (compute); `step+data`: with nnU-Net's augmentation in the same process. "
              f"Expected ratio = (forward + 2·backward passes)/3 in labeled-batch units from each trainer's "
