@@ -73,8 +73,9 @@ def main() -> int:
 
     classes = [c for c in next(iter(rows[0][2]["dice"].values())) if c != "mean"]
     several = len(rows) > 1
-    others = "unlabeled" if args.dim == 3 else "category-labeled"
-    counts = "; ".join(f"{n} labeled + {u} {others}" for n, u, _ in rows)
+    from nnunet_ssl.commands.demo import KINDS
+
+    counts = "; ".join(f"{n} labeled + {u} {KINDS[args.dim].others}" for n, u, _ in rows)
     lines = ["# Demo dataset: per-class test Dice at the same budget", "",
              f"{DESCRIPTION[args.dim]}. Training cases: {counts}; {args.test} held-out test cases, data seed "
              f"{args.seed}; every trainer {args.epochs} epochs × {args.iters} iterations, fold `all`, one training "

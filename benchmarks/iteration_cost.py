@@ -203,7 +203,8 @@ def main() -> int:
                 2: "2D RGB demo dataset with category labels (`nnunet-ssl demo --dim 2`), CPU plans (patch 64², "
                    "features 8/16/32, batch 4 labeled + 4 unlabeled)"}
     lines = ["# Iteration cost against nnUNetTrainer", "",
-             f"{os.cpu_count()} CPU cores, at least {args.steps} timed steps and {MIN_TIMED_SECONDS:g} s after {args.warmup} warm-up steps, one process "
+             f"{os.cpu_count()} CPU cores, at least {args.steps} timed steps and {MIN_TIMED_SECONDS:g} s after "
+             f"{args.warmup} warm-up steps, one process "
              f"per trainer; nnUNetTrainer measured first and last on the same dataset (mean shown). `step`: training "
              f"step on cached batches (compute); `step+data`: with nnU-Net's augmentation in the same process. "
              f"Expected ratio = (forward + 2·backward passes)/3 in labeled-batch units from each trainer's "

@@ -66,6 +66,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from nnunet_ssl.benchmark.presets import Preset, get_preset
 from nnunet_ssl.errors import UserError
+from nnunet_ssl.utils.files import write_json_atomic
 
 STUDY_FILE = "study.json"
 PREPARED_FILE = "nnunet_ssl_benchmark.json"
@@ -153,12 +154,6 @@ class StudyResult:
     @property
     def failed(self) -> List[RunOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -444,7 +439,7 @@ class _Executor:
         make_split(str(self.d.source_folder), str(self.test_folder), self.d.n_pool, self.test_seed, self.d.n_test,
                    self.group_regex)
         if not owner.is_file():
-            _write_json_atomic(owner, {"study": str(self.out)})
+            write_json_atomic(owner, {"study": str(self.out)})
 
     def prepare(self, split: SplitDataset) -> Optional[str]:
         """Split, plan, preprocess (once per split and invocation); None when ready, else the reason."""
@@ -481,7 +476,7 @@ class _Executor:
             if split.unlabeled:
                 preprocess_unlabeled(split.id, self.configuration, self.preset.plans, self.num_processes,
                                      progress=False)
-        _write_json_atomic(marker, done)
+        write_json_atomic(marker, done)
 
     # ---- runs
     def run_dir(self, run: Run) -> Path:
@@ -757,7 +752,7 @@ def run_study(source: Union[int, str, os.PathLike], output_dir: Union[str, os.Pa
             outcomes = _outcomes_from_manifests(design, output_dir)
             return StudyResult(output_dir, outcomes, write_study_report(design, outcomes, output_dir, baseline, title))
         _check_dataset_ids(design, output_dir)
-        _write_json_atomic(output_dir / STUDY_FILE, record)
+        write_json_atomic(output_dir / STUDY_FILE, record)
         if write_commands is not None:
             path = Path(write_commands).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,10 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from nnunet_ssl.errors import UserError
 from nnunet_ssl.planners.shrink import CPU_PRESETS
+from nnunet_ssl.utils.files import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class DemoKind:
     shrink: dict
     default_trainers: tuple
     unit: str  # what a case is called in messages
+    others: str  # what the training cases without pixel labels are called
 
     @property
     def dataset_name(self) -> str:
@@ -47,9 +48,9 @@ class DemoKind:
 
 KINDS = {
     3: DemoKind(3, 990, "3d_fullres", (32, 32, 32), CPU_PRESETS["3d"], ("nnUNetTrainer", "nnUNetTrainerMeanTeacher"),
-                "volumes"),
+                "volumes", "unlabeled"),
     2: DemoKind(2, 989, "2d", (64, 64), dict(CPU_PRESETS["2d"], patch_size=(64, 64)),
-                ("nnUNetTrainer", "nnUNetTrainerDCLCls"), "RGB frames"),
+                ("nnUNetTrainer", "nnUNetTrainerDCLCls"), "RGB frames", "category-labeled"),
 }
 DATASET_ID = KINDS[3].dataset_id
 DATASET_NAME = KINDS[3].dataset_name
@@ -108,12 +109,10 @@ def check_settings(workdir: str, settings: dict) -> None:
                             f"another --workdir")
         return
     os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(settings, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json_atomic(path, settings)
 
 
-def prepare_dataset(spec, num_processes: int = 2, kind: Optional[DemoKind] = None) -> None:
+def prepare_dataset(spec, num_processes: int = 2, kind: DemoKind = KINDS[3]) -> None:
     """Generate (if absent), plan, preprocess labeled and unlabeled cases, shrink plans."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
@@ -121,7 +120,6 @@ def prepare_dataset(spec, num_processes: int = 2, kind: Optional[DemoKind] = Non
     from nnunet_ssl.data.unlabeled import preprocess_unlabeled
     from nnunet_ssl.planners.shrink import write_shrunk_plans
 
-    kind = kind or KINDS[3]
     raw = os.path.join(nnUNet_raw.get(), kind.dataset_name)
     if not os.path.isfile(os.path.join(raw, "dataset.json")):
         print(f"[1/4] generating {kind.dataset_name}: {spec.num_labeled} labeled, {spec.num_unlabeled} unlabeled, "
@@ -139,12 +137,11 @@ def prepare_dataset(spec, num_processes: int = 2, kind: Optional[DemoKind] = Non
     preprocess_unlabeled(kind.dataset_id, kind.configuration, PLANS, num_processes=num_processes)
 
 
-def predict_test(trainer: str, out_dir: str, kind: Optional[DemoKind] = None) -> str:
+def predict_test(trainer: str, out_dir: str, kind: DemoKind = KINDS[3]) -> str:
     from nnunetv2.paths import nnUNet_raw
 
     from nnunet_ssl.pipeline import model_folder, predict_folder
 
-    kind = kind or KINDS[3]
     return predict_folder(model_folder(kind.dataset_name, trainer, PLANS, kind.configuration),
                           os.path.join(nnUNet_raw.get(), kind.dataset_name, "imagesTs"), out_dir)
 
@@ -199,9 +196,10 @@ def run(args) -> int:
         if not os.path.isfile(os.path.join(out, "checkpoint_final.pth")):
             print(f"[3/4] training {trainer} ({args.epochs} epochs x {args.iters} iterations, CPU)")
             t = time.time()
-            train(kind.dataset_id, kind.configuration, "all", trainer, PLANS, "cpu", continue_training=True, validate=False,
-                  budget={"num_epochs": args.epochs, "num_iterations_per_epoch": args.iters,
-                          "num_val_iterations_per_epoch": 2}, progress=True)
+            budget = {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iters,
+                      "num_val_iterations_per_epoch": 2}
+            train(kind.dataset_id, kind.configuration, "all", trainer, PLANS, "cpu", continue_training=True,
+                  validate=False, budget=budget, progress=True)
             print(f"      {trainer} trained in {time.time() - t:.0f} s (nnU-Net's log: {out})")
         pred_dirs[trainer] = os.path.join(workdir, "predictions", trainer)
         print(f"[4/4] predicting the test cases with {trainer}")
@@ -214,9 +212,8 @@ def run(args) -> int:
     with open(os.path.join(workdir, "demo_results.json"), "w") as f:
         json.dump({"dice": results, "epochs": args.epochs, "iterations_per_epoch": args.iters, "dim": args.dim,
                    "labeled": args.labeled, "unlabeled": args.unlabeled, "test": args.test}, f, indent=1)
-    unlabeled = "unlabeled" if args.dim == 3 else "category-labeled"
-    print(f"\nTest-set Dice ({args.test} held-out {kind.unit}; {args.labeled} labeled + {args.unlabeled} {unlabeled} "
-          f"training {kind.unit}; {args.epochs}x{args.iters} iterations each):\n")
+    print(f"\nTest-set Dice ({args.test} held-out {kind.unit}; {args.labeled} labeled + {args.unlabeled} "
+          f"{kind.others} training {kind.unit}; {args.epochs}x{args.iters} iterations each):\n")
     print(table)
     print(f"\nfinished in {time.time() - t0:.0f} s; everything is in {workdir}")
     return 0

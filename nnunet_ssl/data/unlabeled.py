@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunet_ssl.errors import UserError
+from nnunet_ssl.utils.files import write_json_atomic
 
 UNLABELED_FOLDER = "imagesUnlabeled"
 UNLABELED_SUFFIX = "_unlabeled"
@@ -228,10 +229,8 @@ def preprocess_unlabeled(dataset_name_or_id, configuration: str, plans_identifie
         if previous != fingerprint and any(_is_done(out, c) for c in all_cases):
             raise UserError(f"{out} was preprocessed with different plans (re-planned since?); rerun with "
                             f"--overwrite to preprocess the unlabeled cases again with the current plans")
-    with open(info_file + ".tmp", "w") as f:
-        json.dump({"plans_identifier": plans_identifier, "configuration": configuration,
-                   "plans_fingerprint": fingerprint}, f, indent=1)
-    os.replace(info_file + ".tmp", info_file)
+    write_json_atomic(info_file, {"plans_identifier": plans_identifier, "configuration": configuration,
+                                  "plans_fingerprint": fingerprint})
 
     todo = [c for c in all_cases if overwrite or not _is_done(out, c)]
     skipped = [c for c in all_cases if c not in todo]
