@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnunet_ssl.utils.distributed import is_distributed
+from nnunet_ssl.utils.distributed import all_reduce_sum, is_distributed
+from nnunet_ssl.utils.tensors import class_argmax
 from nnunet_ssl.weighting.functional import one_hot, to_label_map
 
 __all__ = [
+    "present_classes",
     "soft_dice_stats",
     "weighted_cross_entropy",
     "weighted_soft_dice",
@@ -89,6 +91,34 @@ def weighted_cross_entropy(
     return _safe_ratio((per_voxel * ce).sum(), per_voxel.sum())
 
 
+def _sum_dims(x: Tensor, batch_dice: bool) -> list:
+    """Axes a Dice sum runs over: batch and space with ``batch_dice``, else space only."""
+    return ([0] if batch_dice else []) + list(range(2, x.dim()))
+
+
+def _weighted_sum(onehot: Tensor, voxel_weights: Optional[Tensor], dims: list) -> Tensor:
+    """``Σ v·y`` of a one-hot ``(B, C, *spatial)`` over ``dims`` (``Σ y`` without voxel weights)."""
+    return (onehot if voxel_weights is None else onehot * voxel_weights.unsqueeze(1)).sum(dims)
+
+
+def present_classes(
+    probs: Tensor, onehot: Tensor, voxel_weights: Optional[Tensor] = None, batch_dice: bool = True
+) -> Tensor:
+    """Classes present in the target or in the prediction (argmax) of the batch, bool ``(C,)``
+    (``(B, C)`` per sample without ``batch_dice``); voxels of weight 0 do not count.
+
+    ``probs``/``onehot`` ``(B, C, *spatial)``, ``voxel_weights`` ``(B, *spatial)``. Under DDP the
+    batch counts are summed over all ranks, so every rank leaves out the same classes.
+    """
+    with torch.no_grad():
+        predicted = one_hot(class_argmax(probs), probs.shape[1])
+        dims = _sum_dims(probs, batch_dice)
+        counts = _weighted_sum(predicted + onehot, voxel_weights, dims)
+        if batch_dice:
+            counts = all_reduce_sum(counts)
+    return counts > 0
+
+
 def soft_dice_stats(
     probs: Tensor, onehot: Tensor, voxel_weights: Optional[Tensor] = None, batch_dice: bool = True
 ) -> Tuple[Tensor, Tensor, Tensor]:
@@ -98,11 +128,10 @@ def soft_dice_stats(
     else over space only (``(B, C)``). Under DDP the batch-Dice sums are gathered from all ranks
     (with gradients), so every rank optimises the same Dice as a single process would.
     """
-    if voxel_weights is not None:
-        vw = voxel_weights.unsqueeze(1)
-        probs, onehot = probs * vw, onehot * vw
-    dims = ([0] if batch_dice else []) + list(range(2, probs.dim()))
-    stats = (probs * onehot).sum(dims), probs.sum(dims), onehot.sum(dims)
+    dims = _sum_dims(probs, batch_dice)
+    weighted_probs = probs if voxel_weights is None else probs * voxel_weights.unsqueeze(1)  # v enters once
+    stats = ((weighted_probs * onehot).sum(dims), weighted_probs.sum(dims),
+             _weighted_sum(onehot, voxel_weights, dims))
     if batch_dice and is_distributed():
         # pool the batch over every DDP rank, with gradients, as nnU-Net's own batch Dice does
         from nnunetv2.utilities.ddp_allgather import AllGatherGrad
@@ -122,26 +151,39 @@ def weighted_soft_dice(
     softmax: bool = True,
     ignore_index: Optional[int] = None,
 ) -> Tensor:
-    """``1 − weighted mean Dice``: ``Σ_c w_c (1 − d_c) / Σ_c w_c`` over the foreground classes
-    (all classes with ``include_background``), a scalar.
+    """``1 − weighted mean Dice``: ``Σ_{c∈P} w_c (1 − d_c) / Σ_{c∈P} w_c`` over the foreground classes
+    (all classes with ``include_background``) that are present, a scalar.
 
     ``d_c = (2 Σ v p y + smooth) / (Σ v p + Σ v y + smooth)`` with ``p`` the softmax of the logits
     (``softmax=False`` for probabilities) ``(B, C, *spatial)``, ``y`` the one-hot target, ``v`` the
-    optional voxel weights ``(B, *spatial)``. ``batch_dice`` pools the batch (nnU-Net's default);
-    otherwise the per-sample losses are averaged. ``class_weights`` ``(C,)`` default to equal; if
-    all selected weights are 0 the loss is 0.
+    optional voxel weights ``(B, *spatial)`` (each voxel's weight enters every sum once).
+    ``batch_dice`` pools the batch (nnU-Net's default); otherwise the per-sample losses are averaged.
+    ``class_weights`` ``(C,)`` default to equal; if no selected class is present or all their
+    weights are 0 the loss is 0.
+
+    ``P``: the classes present in the target or in the prediction's argmax of the batch (of the
+    sample without ``batch_dice``; see :func:`present_classes`). A class absent from both has no
+    Dice to learn (its soft Dice is ≈ 0 from stray probability mass alone, with a vanishing
+    gradient), so counting it would only pad numerator and denominator with its weight and dilute
+    the classes that are there — worst for the rare, heavily weighted classes DisW/DifW favour. A
+    class predicted but not labeled stays in, so false positives are paid for. We keep the
+    normalisation by ``Σ w_c`` instead of DHC's reference ``−mean_c(w_c·d_c)`` (weights scaled to
+    ``max = C``): the loss stays in ``[0, 1]`` whatever the weights' scale, so its balance with the
+    CE term and nnU-Net's learning rate do not drift as the weights evolve.
     """
     C = logits_or_probs.shape[1]
     labels, valid = to_label_map(target, C, logits_or_probs.shape[2:], ignore_index)
     probs = torch.softmax(logits_or_probs.float(), 1) if softmax else logits_or_probs.float()
     v = _voxel_weights(voxel_weights, labels, valid)
-    tp, ps, ts = soft_dice_stats(probs, one_hot(labels, C), v, batch_dice)
+    onehot = one_hot(labels, C)
+    tp, ps, ts = soft_dice_stats(probs, onehot, v, batch_dice)
     dice = (2 * tp + smooth) / (ps + ts + smooth)
     w = _class_weights(class_weights, C, probs)
     w = torch.ones(C, device=probs.device) if w is None else w
+    w = w * present_classes(probs, onehot, v, batch_dice)  # (C,) or (B, C)
     first = 0 if include_background else 1
-    dice, w = dice[..., first:], w[first:]
-    loss = _safe_ratio(((1 - dice) * w).sum(-1), w.sum())
+    dice, w = dice[..., first:], w[..., first:]
+    loss = _safe_ratio(((1 - dice) * w).sum(-1), w.sum(-1))
     return loss.mean()
 
 

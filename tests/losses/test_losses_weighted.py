@@ -78,6 +78,60 @@ def test_weighted_soft_dice_hand_values():
     assert close(got, 0.2)
 
 
+def test_voxel_weight_enters_the_dice_once():
+    """A voxel weight v multiplies each voxel once in every sum: Σv·p·y, Σv·p, Σv·y (never v²)."""
+    # the foreground voxel a (target 1) is down-weighted to v = .5; voxel b (background) keeps v = 1
+    v = torch.tensor([[0.5, 1.0]])
+    # perfect prediction: class 1 tp = .5·1, Σvp = .5, Σvy = .5 -> d1 = 1 -> loss 0
+    #   (with v² in the intersection: tp = .25 -> d1 = .5/1 = .5 -> loss .5)
+    perfect = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    assert weighted_soft_dice(perfect, TARGET, voxel_weights=v, softmax=False, smooth=0).item() == pytest.approx(0.0, abs=1e-6)
+    # p1 = [.8, .4]: tp = .5·.8 = .4, Σvp = .5·.8 + 1·.4 = .8, Σvy = .5 -> d1 = .8/1.3 = 8/13 -> loss 5/13
+    got = weighted_soft_dice(PROBS, TARGET, voxel_weights=v, softmax=False, smooth=0)
+    assert close(got, 5 / 13)
+
+
+# three classes, B=1, 2 voxels, target [1, 0]; probabilities per voxel (columns sum to 1):
+#   voxel a: [.2, .7, .1] -> argmax 1;  voxel b: [.6, .3, .1] -> argmax 0
+#   class 1: tp = .7, Σp = 1.0, Σy = 1 -> d1 = 1.4/2 = .7
+#   class 2: no target voxel and never the argmax -> absent from the batch
+PROBS3 = torch.tensor([[[0.2, 0.6], [0.7, 0.3], [0.1, 0.1]]])
+
+
+def test_class_absent_from_target_and_prediction_is_left_out():
+    # weights [1, 1, 5]: class 2 weighs most but is absent -> loss = 1·(1 − .7)/1 = .3
+    #   (kept in the denominator: (.3 + 5·(1 − 0))/6 = .883)
+    got = weighted_soft_dice(PROBS3, TARGET, [1.0, 1.0, 5.0], softmax=False, smooth=0)
+    assert close(got, 0.3)
+    # any weight of the absent class gives the same loss
+    assert close(weighted_soft_dice(PROBS3, TARGET, [1.0, 1.0, 100.0], softmax=False, smooth=0), 0.3)
+    # with nnU-Net's smoothing 1e-5: d2 = 1e-5/(.2 + 1e-5) ≈ 0 would add ≈ 5 to the numerator; still .3
+    assert close(weighted_soft_dice(PROBS3, TARGET, [1.0, 1.0, 5.0], softmax=False), 0.3, tol=1e-4)
+
+
+def test_class_predicted_but_not_labeled_stays_in():
+    # voxel b now predicts class 2: [.1, .3, .6] -> a false positive of class 2, which the loss must penalise
+    #   class 1: tp = .7, Σp = 1.0, Σy = 1 -> d1 = .7; class 2: tp = 0 -> d2 = 0
+    #   weights [1, 1, 5]: (1·.3 + 5·1)/(1 + 5) = 5.3/6
+    probs = torch.tensor([[[0.2, 0.1], [0.7, 0.3], [0.1, 0.6]]])
+    assert close(weighted_soft_dice(probs, TARGET, [1.0, 1.0, 5.0], softmax=False, smooth=0), 5.3 / 6)
+    # a class present only where the voxel weight is 0 (e.g. CutOut's erased box) counts as absent:
+    #   v = [1, 0] drops voxel b -> class 2 absent; class 1: tp = .7, Σvp = .7, Σvy = 1 -> d1 = 1.4/1.7
+    v = torch.tensor([[1.0, 0.0]])
+    got = weighted_soft_dice(probs, TARGET, [1.0, 1.0, 5.0], v, softmax=False, smooth=0)
+    assert close(got, 1 - 1.4 / 1.7)
+
+
+def test_absent_classes_per_sample_without_batch_dice():
+    # sample 0 = PROBS3 / TARGET (class 2 absent -> .3); sample 1: target [2, 0], probs a [.1, .1, .8], b [.9, 0, .1]
+    #   sample 1 argmax [2, 0]: class 1 absent; class 2: tp = .8, Σp = .9, Σy = 1 -> d2 = 1.6/1.9
+    #   loss_1 = 5·(1 − 1.6/1.9)/5 = .3/1.9; batch_dice=False averages the two samples
+    probs = torch.cat([PROBS3, torch.tensor([[[0.1, 0.9], [0.1, 0.0], [0.8, 0.1]]])])
+    target = torch.tensor([[[1.0, 0.0]], [[2.0, 0.0]]])
+    got = weighted_soft_dice(probs, target, [1.0, 1.0, 5.0], softmax=False, smooth=0, batch_dice=False)
+    assert close(got, (0.3 + 0.3 / 1.9) / 2)
+
+
 def test_weighted_soft_dice_invariants():
     g = torch.Generator().manual_seed(1)
     target = torch.randint(0, 3, (2, 1, 8, 8), generator=g).float()
