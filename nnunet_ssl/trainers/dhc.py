@@ -21,6 +21,7 @@ from nnunet_ssl.losses.consistency import hard_pseudo_labels
 from nnunet_ssl.losses.weighted import WeightedDiceCE, weighted_cross_entropy
 from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised, split_output
 from nnunet_ssl.utils.modules import full_resolution
+from nnunet_ssl.weighting.functional import floored_weights
 from nnunet_ssl.weighting.trackers import build_tracker
 
 __all__ = ["labeled_class_histogram", "weighted_cps", "ClassWeightedPairTrainer", "nnUNetTrainerDHC"]
@@ -50,6 +51,15 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
 
     Each tracker is updated from its own model: labeled logits and ground truth (DifW, CDifW, CDisW's
     confidence) and the model's argmax on the unlabeled batch (DisW counts, as in DHC).
+
+    Floor of the supervised weights (``weight_floor``, default 1): ``Seg_W`` on the labeled batch
+    weighs classes by ``weight_floor + w/mean(w)`` of the tracker's ``w``. The pure formulas starve
+    frequent classes — DisW gives background weight 0 and DifW a well-learned class ≈ 0 — so the
+    weighted CE stops charging for false positives there (on the project's demo, organ/vessel Dice
+    0.90–0.91 against 0.95 for nnUNetTrainer). Default 1 (``1 + w/mean(w)``): every class weighs at
+    least the mean weight's size and the rare classes keep their emphasis. ``weight_floor = 0`` is the
+    papers' supervised loss. The unsupervised terms (DHC's CPS, DMPF's ``L_m`` and ``L_u``) and DMP's
+    class sampling keep the trackers' weights, as in the papers.
     """
 
     weights_a: str = "difw"
@@ -58,6 +68,9 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
     """Class-weight tracker of model B: one of disw, difw, cdifw, cdisw."""
     disw_floor: float = 0.0
     """Lowest DisW weight (0 as in the reference: the most frequent class, background, weighs 0)."""
+    weight_floor: float = 1.0
+    """Floor of the supervised loss's class weights, in units of their mean: Seg_W uses
+    weight_floor + w/mean(w) (1: no class below the average weight's size; 0: the trackers' pure weights)."""
     difw_tau: float = 50.0
     """DifW accumulation length τ (momentum (τ−1)/τ of learning speeds and mean Dice)."""
     difw_alpha: float = 0.2
@@ -135,7 +148,10 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
         return weights[0], weights[1]
 
     def supervised_loss(self, output, target, class_weights: torch.Tensor) -> torch.Tensor:
-        """``Seg_W(output, target)``, with nnU-Net's deep supervision when ``output`` is a list."""
+        """``Seg_W(output, target)`` with ``W = weight_floor + w/mean(w)`` of the tracker's ``w``
+        (:func:`~nnunet_ssl.weighting.functional.floored_weights`), with nnU-Net's deep supervision
+        when ``output`` is a list."""
+        class_weights = floored_weights(class_weights, self.weight_floor)
         if isinstance(output, (list, tuple)):
             if self.seg_loss_ds is None:
                 raise RuntimeError("deep-supervised output but nnU-Net's loss is not deep-supervised")

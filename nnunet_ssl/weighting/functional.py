@@ -11,6 +11,8 @@ Formulas:
 - Information score / CDifW / CDisW: the DMPF (Double-Mix Pseudo-label Framework) talk and its
   reference code (lzhang30/Double-Mix).
 - KT weights: GuidedNet (ACM MM 2024), DisW's log-ratio over correctly predicted labeled voxels.
+- Floored weights (ours): ``floor + w/mean(w)``, so that a loss weighted by DisW/DifW still
+  supervises the frequent classes.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ __all__ = [
     "confidence_scaled_weights",
     "correct_counts",
     "kt_weights",
+    "floored_weights",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -313,3 +316,27 @@ def confidence_scaled_weights(weights: Tensor, information: Tensor, beta: float 
     """``i^β · w`` ``(C,)``: CDifW when ``w`` is DifW, CDisW when ``w`` is DisW (DMPF; β = 0.2 as
     the reference's exponent)."""
     return information.float().clamp_min(0).pow(beta) * weights.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# floor for loss weights
+# ----------------------------------------------------------------------------------------------
+
+
+def floored_weights(weights: Tensor, floor: float = 1.0) -> Tensor:
+    """``floor + w / mean(w)`` ``(C,)``: class weights no class falls below, for a supervised loss.
+
+    DisW gives the most frequent class (background) weight 0 and DifW gives a well-learned class
+    almost 0, so a weighted CE stops paying for false positives on it. Dividing by the mean makes
+    the floor a fraction of the average weight, whatever the weights' scale; ``floor = 1`` is the
+    ``1 + w/mean(w)`` form, ``floor = 0`` keeps the pure weights' ratios (the weighted CE and Dice
+    are normalised by the weights, so only ratios matter). The order of the classes is kept and
+    the largest/smallest ratio is at most ``(floor + max(w)/mean(w)) / floor``. All weights 0:
+    every class gets ``floor``. Detached, float32.
+    """
+    if floor < 0:
+        raise ValueError(f"floor must be >= 0, got {floor}")
+    w = weights.detach().float()
+    mean = w.mean()
+    relative = w / mean if mean > 0 else torch.zeros_like(w)
+    return relative + float(floor)

@@ -72,6 +72,28 @@ def test_dhc_trackers_are_difw_for_a_and_disw_for_b():
     assert t.trackers["weights_B"].floor == 0.0 and t.trackers["weights_A"].tau == 50.0
 
 
+def test_supervised_loss_floors_the_class_weights():
+    """Frequent classes are not starved: Seg_W uses ``weight_floor + w/mean(w)``, not the tracker's raw w."""
+    from nnunet_ssl.losses.weighted import WeightedDiceCE
+
+    # two voxels, two classes (B, C, X) = (1, 2, 2), target [1, 0]
+    #   voxel a: logits [0, 0]     -> p1 = 1/2, CE = ln 2 (target 1)
+    #   voxel b: logits [0, ln 3]  -> p1 = 3/4, a false positive, CE = ln 4 (target 0)
+    #   Dice of class 1: tp = 1/2, Σp = 5/4, Σy = 1 -> d = 1/(9/4) = 4/9, 1 − d = 5/9
+    logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)]]])
+    target = torch.tensor([[[1.0, 0.0]]])
+    w = torch.tensor([0.0, 3.0])  # DisW's pure weights: background 0
+    t = _bare(nnUNetTrainerDHC, seg_loss=WeightedDiceCE(ce_weight=1.0, smooth=0.0), seg_loss_ds=None)
+    ln2 = math.log(2.0)
+    # default floor 1: weights 1 + w/mean(w) = 1 + [0, 3]/1.5 = [1, 3];
+    #   CE = (3·ln 2 + 1·ln 4)/(3 + 1) = 1.25 ln 2: the false positive at b is paid for
+    assert t.weight_floor == 1.0
+    assert t.supervised_loss(logits, target, w).item() == pytest.approx(5 / 9 + 1.25 * ln2, rel=1e-6)
+    # floor 0: [0, 2], the pure formula: CE = ln 2 (voxel a only), the false positive is free
+    t.weight_floor = 0.0
+    assert t.supervised_loss(logits, target, w).item() == pytest.approx(5 / 9 + ln2, rel=1e-6)
+
+
 def test_unknown_tracker_name_is_a_value_error():
     with pytest.raises(ValueError, match="weights_b must be one of"):
         _bare(ClassWeightedPairTrainer, weights_b="kt").build_trackers()

@@ -15,6 +15,7 @@ from nnunet_ssl.weighting.functional import (
     difficulty_step,
     difficulty_weights,
     distribution_weights,
+    floored_weights,
     hard_dice_stats,
     information_scores,
     kt_weights,
@@ -201,3 +202,19 @@ def test_confidence_scaled_weights_hand_values():
     # i^0.2 = [1, (1/32)^.2 = .5, 0]; × [2, 3, 4]
     w = confidence_scaled_weights(torch.tensor([2.0, 3.0, 4.0]), torch.tensor([1.0, 1 / 32, 0.0]), beta=0.2)
     assert close(w, [2.0, 1.5, 0.0])
+
+
+def test_floored_weights_hand_values():
+    # DisW of 3 classes with background weight 0: [0, 1.5, 3], mean 1.5 -> w/mean = [0, 1, 2]
+    w = torch.tensor([0.0, 1.5, 3.0])
+    assert close(floored_weights(w, 1.0), [1.0, 2.0, 3.0])  # the "1 + w/mean(w)" form
+    assert close(floored_weights(w, 0.5), [0.5, 1.5, 2.5])
+    assert close(floored_weights(w, 0.0), [0.0, 1.0, 2.0])  # the pure ratios (losses are scale-free)
+    # scale-free: 10·w gives the same weights
+    assert close(floored_weights(10 * w, 1.0), [1.0, 2.0, 3.0])
+    # all weights 0 (nothing to weigh): every class gets the floor
+    assert close(floored_weights(torch.zeros(3), 1.0), [1.0, 1.0, 1.0])
+    out = floored_weights(w.requires_grad_(True), 1.0)
+    assert not out.requires_grad and out.dtype == torch.float32
+    with pytest.raises(ValueError, match="floor"):
+        floored_weights(w, -1.0)
