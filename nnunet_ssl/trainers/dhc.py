@@ -4,8 +4,9 @@ the class-weighted two-student base it shares with DMPF (:mod:`nnunet_ssl.traine
 Both methods train two students, A (``self.network``) and B (``network_b``), each with its own
 class-weight tracker (:mod:`nnunet_ssl.weighting`): the trackers are updated once per step from the
 step's own detached float32 outputs, before the losses that use them, and are checkpointed with
-the run (``self.trackers``). DisW-based trackers start from the labeled training set's class
-histogram. The per-class weights are logged every epoch as ``w_A``/``w_B`` and drawn in
+the run (``self.trackers``), and told when a training epoch ends (``end_epoch``: the CDifW/CDisW
+confidence is smoothed once per epoch, as in the DMPF reference). DisW-based trackers start from the
+labeled training set's class histogram. The per-class weights are logged every epoch as ``w_A``/``w_B`` and drawn in
 ``progress_ssl.png`` next to nnU-Net's ``progress.png``.
 """
 from __future__ import annotations
@@ -134,6 +135,11 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
             tracker.initialise(torch.as_tensor(hist))
             self.print_to_log_file(f"{name} initialised from the labeled class histogram {hist.astype(int).tolist()}:"
                                    f" {[round(float(w), 3) for w in tracker.weights]}")
+
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)  # logs this epoch's terms (w_A, w_B as used in it)
+        for tracker in self.trackers.values():
+            tracker.end_epoch()  # e.g. CDifW/CDisW: the confidence is smoothed once per epoch
 
     # ------------------------------------------------------------------ per-step pieces
     def update_class_weights(self, out_a_l, out_b_l, out_a_u, out_b_u, target) -> Tuple[torch.Tensor, torch.Tensor]:

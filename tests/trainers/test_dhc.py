@@ -94,6 +94,32 @@ def test_supervised_loss_floors_the_class_weights():
     assert t.supervised_loss(logits, target, w).item() == pytest.approx(5 / 9 + ln2, rel=1e-6)
 
 
+def test_epoch_end_smooths_the_confidence_once(monkeypatch):
+    """on_train_epoch_end (after nnU-Net's logging) ends the epoch of every tracker: CDifW's confidence
+    factor moves once per epoch, not per step."""
+    from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised
+
+    logged = []
+    monkeypatch.setattr(nnUNetTrainerSemiSupervised, "on_train_epoch_end", lambda self, outputs: logged.append(outputs))
+    t = _bare(nnUNetTrainerDHC, weights_a="cdifw", confidence_beta=1.0)
+    t.build_trackers()
+    a = t.trackers["weights_A"]
+    a.confidence.momentum = 0.5
+    # 4 classes, one voxel each, p(true class) = .8 for class 0, .4 for class 1, .7 for 2, 1 for 3
+    #   (softmax of the log-probabilities below gives them back, columns sum to 1)
+    probs = torch.tensor([[[0.8, 0.2, 0.1, 0.0], [0.1, 0.4, 0.1, 0.0], [0.05, 0.2, 0.7, 0.0], [0.05, 0.2, 0.1, 1.0]]])
+    target = torch.tensor([[[0.0, 1.0, 2.0, 3.0]]])
+    a.update(probs.clamp_min(1e-12).log(), target)
+    assert torch.equal(a.confidence.weights, torch.ones(4))  # unchanged within the epoch
+    t.on_train_epoch_end(["outputs"])
+    assert logged == [["outputs"]]  # the base's logging ran first
+    # r = [.8, .4, .7, 1] -> 1 - r + .01 = [.21, .61, .31, .01], max(1 - r) + .01 = .61
+    #   i = [.21, .61, .31, .01]/.61; factor = .5 + .5·i (β = 1)
+    i = torch.tensor([0.21, 0.61, 0.31, 0.01]) / 0.61
+    assert torch.allclose(a.confidence.weights, 0.5 + 0.5 * i, atol=1e-5)
+    assert a.state_dict()["confidence"]["epoch_count"].sum() == 0
+
+
 def test_unknown_tracker_name_is_a_value_error():
     with pytest.raises(ValueError, match="weights_b must be one of"):
         _bare(ClassWeightedPairTrainer, weights_b="kt").build_trackers()

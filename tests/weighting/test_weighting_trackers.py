@@ -109,32 +109,63 @@ PROBS = torch.tensor([[[0.8, 0.6, 0.3, 0.5], [0.1, 0.2, 0.5, 0.3], [0.1, 0.2, 0.
 
 
 def test_confidence_tracker_by_hand():
-    t = ConfidenceTracker(3, momentum=0.5, beta=1.0)
-    # target [0,0,1,1]: r = [.7, .4, (never seen) 0]; 1 - r = [.3, .6, 1] -> i = [.3, .6, 1]
-    # EMA .5 from 1 on present classes: [.65, .8, 1 (kept)]
-    assert close(t.update(PROBS.log(), target_of([[0, 0, 1, 1]])), [0.65, 0.8, 1.0])
-    # target all 0: r0 = (.8+.6+.3+.5)/4 = .55, others kept -> 1 - r = [.45, .6, 1], i0 = .45; EMA -> .55
-    assert close(t.update(PROBS.log(), target_of([[0, 0, 0, 0]])), [0.55, 0.8, 1.0])
+    """i^β is averaged over an epoch's updates, then smoothed once per epoch (DMPF reference)."""
+    t = ConfidenceTracker(3, momentum=0.5, beta=1.0, smooth=0.0)
+    # target [0,0,1,1]: r = [.7, .4, (never seen) 0]; 1 - r = [.3, .6, 1] -> i = [.3, .6, 1] (classes 0, 1)
+    # within the epoch the factor stays at its start value 1
+    assert close(t.update(PROBS.log(), target_of([[0, 0, 1, 1]])), [1.0, 1.0, 1.0])
+    # target all 0: r0 = (.8+.6+.3+.5)/4 = .55, others kept -> 1 - r = [.45, .6, 1], i0 = .45 (class 0 only)
+    assert close(t.update(PROBS.log(), target_of([[0, 0, 0, 0]])), [1.0, 1.0, 1.0])
+    # epoch end: mean i^1 over the updates a class was in: [(.3 + .45)/2, .6, none] = [.375, .6, -]
+    #   EMA .5 from 1: [.6875, .8, 1 (kept)]
+    t.end_epoch()
+    assert close(t.weights, [0.6875, 0.8, 1.0])
+    assert close(t.state_dict()["epoch_count"], [0.0, 0.0, 0.0])  # the next epoch starts afresh
+
+
+def test_confidence_tracker_averages_i_to_the_beta():
+    # C = 2, one voxel per class; momentum 0 so the factor is the epoch mean of i^β, β = .5
+    t = ConfidenceTracker(2, momentum=0.0, beta=0.5, smooth=0.0)
+    # batch 1: r = [.85, .4] -> 1 - r = [.15, .6] -> i = [.25, 1] -> i^.5 = [.5, 1]
+    t.update(torch.tensor([[[0.85, 0.6], [0.15, 0.4]]]).log(), target_of([[0, 1]]))
+    # batch 2: r = [.4, .85] -> i = [1, .25] -> i^.5 = [1, .5]
+    t.update(torch.tensor([[[0.4, 0.15], [0.6, 0.85]]]).log(), target_of([[0, 1]]))
+    t.end_epoch()
+    # mean of i^.5 = [.75, .75] (not (mean i)^.5 = .625^.5 = .79)
+    assert close(t.weights, [0.75, 0.75])
+
+
+def test_confidence_defaults_follow_the_reference():
+    t = ConfidenceTracker(3)
+    assert t.momentum == 0.99 and t.beta == 0.2 and t.smooth == 1e-2
+    assert CDifWTracker(3).confidence.smooth == 1e-2 and CDisWTracker(3).confidence.smooth == 1e-2
 
 
 def test_cdifw_first_update_by_hand():
-    t = CDifWTracker(3, tau=2, momentum=0.5, beta=0.2)
+    t = CDifWTracker(3, tau=2, momentum=0.5, beta=0.2, smooth=0.0)
     w = t.update(PROBS.log(), target_of([[0, 0, 1, 1]]))
     # DifW: argmax [0,0,1,0] vs [0,0,1,1]: Dice c0 = 2·2/(3+2) = .8, c1 = 2·1/(1+2) = 2/3, c2 absent
     #   d̄ = [.4, 1/3, 0]; w = [.6, 2/3, 1] -> 3·w/1 = [1.8, 2, 3]
-    # information (as above) = [.65, .8, 1]; CDifW = i^.2 · DifW
-    assert close(w, [1.8 * 0.65**0.2, 2 * 0.8**0.2, 3.0])
+    # the confidence factor is 1 during the first epoch: CDifW = DifW
+    assert close(w, [1.8, 2.0, 3.0])
     assert close(t.base.weights, [1.8, 2.0, 3.0])
+    # epoch end: information (as above) = [.3, .6, -]; factor = .5 + .5·i^.2 on classes 0, 1
+    t.end_epoch()
+    factor = [0.5 + 0.5 * 0.3**0.2, 0.5 + 0.5 * 0.6**0.2, 1.0]
+    assert close(t.weights, [1.8 * factor[0], 2.0 * factor[1], 3.0])
 
 
 def test_cdisw_is_confidence_times_disw():
-    t = CDisWTracker(3, class_histogram=[99, 9, 0], momentum=0.5, confidence_momentum=0.5, beta=1.0)
-    assert close(t.weights, [0.0, 1.5, 3.0])  # i starts at 1
+    t = CDisWTracker(3, class_histogram=[99, 9, 0], momentum=0.5, confidence_momentum=0.5, beta=1.0, smooth=0.0)
+    assert close(t.weights, [0.0, 1.5, 3.0])  # the factor starts at 1
     # DisW: labeled counts [2, 2, 0] + unlabeled argmax [3, 1, 0] = [5, 3, 0] + 1 = [6, 4, 1];
     #   log r = [0, ln1.5, ln6] -> 3·[0, ln1.5/ln6, 1]; EMA .5 with [0, 1.5, 3]
     disw = 0.5 * torch.tensor([0.0, 1.5, 3.0]) + 0.5 * torch.tensor([0.0, 3 * math.log(1.5) / math.log(6), 3.0])
     w = t.update(PROBS.log(), target_of([[0, 0, 1, 1]]), unlabeled_logits=PROBS.log())
-    assert close(w, disw * torch.tensor([0.65, 0.8, 1.0]))
+    assert close(w, disw)
+    # epoch end: i = [.3, .6, -] (β = 1), factor = .5 + .5·i = [.65, .8, 1]
+    t.end_epoch()
+    assert close(t.weights, disw * torch.tensor([0.65, 0.8, 1.0]))
 
 
 # --- KT -----------------------------------------------------------------------------------------
@@ -179,6 +210,26 @@ def test_state_dict_round_trip_gives_identical_updates(name):
         wa, wb = a.update(*batch), b.update(*batch)
         assert torch.equal(wa, wb)
         assert torch.isfinite(wa).all() and wa.shape == (C,)
+    a.end_epoch(), b.end_epoch()  # the epoch's sums (some from before the save) were restored too
+    assert torch.equal(a.weights, b.weights)
+
+
+def test_confidence_state_mid_epoch_round_trips():
+    """A checkpoint taken mid-epoch carries the epoch's partial sums, so the epoch ends identically."""
+    g = torch.Generator().manual_seed(3)
+    a = build_tracker("cdifw", C)
+    a.update(*random_batch(g)[:2])
+    a.end_epoch()
+    a.update(*random_batch(g)[:2])  # mid-epoch
+    state = a.state_dict()["confidence"]
+    assert {"confidence", "factor", "epoch_sum", "epoch_count"} <= set(state)
+    assert state["epoch_count"].sum() > 0
+    b = build_tracker("cdifw", C)
+    b.load_state_dict(a.state_dict())
+    batch = random_batch(g)[:2]
+    a.update(*batch), b.update(*batch)
+    a.end_epoch(), b.end_epoch()
+    assert torch.equal(a.weights, b.weights) and not torch.equal(a.weights, a.base.weights)
 
 
 def test_deep_supervision_lists_use_full_resolution_and_3d():
@@ -220,6 +271,7 @@ def _run(trackers, batches, rank=None, world=1):
             if rank is not None:  # this rank's share of the batch
                 logits, target, unl = (x.chunk(world)[rank] for x in (logits, target, unl))
             t.update(logits, target, unl)
+        t.end_epoch()
         out[name] = t.weights
     return out
 
