@@ -1,5 +1,6 @@
 """Class-conditional Gaussian mixtures on network features (GuidedNet's 3D-CGMM)."""
 from nnunet_ssl.gmm.cgmm import (
+    DEFAULT_VAR_FLOOR,
     EXCLUDED_LOG_POSTERIOR,
     ClassConditionalGMM,
     ClassMoments,
@@ -13,6 +14,7 @@ from nnunet_ssl.gmm.cgmm import (
 )
 
 __all__ = [
+    "DEFAULT_VAR_FLOOR",
     "EXCLUDED_LOG_POSTERIOR",
     "ClassConditionalGMM",
     "ClassMoments",

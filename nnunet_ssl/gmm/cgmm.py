@@ -4,7 +4,19 @@ Zhao et al., "GuidedNet: Semi-Supervised Multi-Organ Segmentation via Labeled Da
 Unlabeled Data", ACM MM 2024. Per class ``k``, labeled features over the ground-truth voxels of
 ``k`` give a mean ``μ_k`` and a standard deviation ``σ_k`` (diagonal Gaussian, per feature
 channel); the class prior ``p(k)`` is the labeled class frequency; every voxel gets the posterior
-``P(k|x) ∝ p(k)·N(f(x) | μ_k, σ_k)`` and the CGMM prediction ``G = argmax_k P(k|x)``.
+``P(k|x) ∝ p(k)·N̄(f(x) | μ_k, σ_k)`` and the CGMM prediction ``G = argmax_k P(k|x)``.
+
+Calibration: ``N̄`` is the *channel-mean* density, ``log N̄ = (1/F) Σ_c log N(f_c | μ_kc, σ_kc)``
+(the geometric mean of the per-channel densities), not their product. The reference code's
+density is ``exp(−(mean_c |f − μ_k|)²)``, also a mean over channels; a product over F channels
+(F = 32 in nnU-Net's 2D decoder) multiplies every log-likelihood gap by F, and with a tiny
+variance floor the posterior becomes one-hot (gaps of 10^4 nats were measured), ``L_gt``'s
+gradient dwarfs the supervised one and the CGMM never disagrees with itself. The channel mean
+keeps the gap between two classes at ``mean_c`` of the per-channel gaps, independent of F. The
+variance floor :data:`DEFAULT_VAR_FLOOR` bounds what is left: nnU-Net's decoder features come out
+of an instance norm and a leaky ReLU (per-channel variance ~0.3 per image), so ``σ² ≥ 0.05``
+caps a class pair at ``Δ²/(2·0.05) = 10·Δ²`` nats per unit of channel-mean squared separation
+``Δ²``, whatever the within-class spread collapses to (constant background, dead channels).
 
 Conventions
 - Features ``(B, F, *spatial)``, labels ``(B, *spatial)`` or ``(B, 1, *spatial)`` (2D or 3D).
@@ -32,10 +44,14 @@ from nnunet_ssl.utils.distributed import all_reduce_sum
 from nnunet_ssl.utils.tensors import class_argmax
 from nnunet_ssl.weighting.functional import to_label_map
 
+DEFAULT_VAR_FLOOR = 0.05
+"""Default floor of the per-class feature variances (see the module docstring for why 0.05)."""
+
 EXCLUDED_LOG_POSTERIOR = -1.0e4
 """Log posterior written for classes excluded from the mixture (log prior ``-inf``). Finite, so
-no NaN can arise downstream (``p·log p``, gradients); ``exp(-1e4) == 0`` in float32 and any
-included class has a log posterior ``>= -log K``, so an excluded class never wins the argmax."""
+no NaN can arise downstream (``p·log p``, gradients); ``exp(-1e4) == 0`` in float32 and the
+most probable included class has a log posterior ``>= -log K``, so an excluded class never wins
+the argmax."""
 
 
 class ClassMoments(NamedTuple):
@@ -116,11 +132,12 @@ def class_moments(
     features: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    var_floor: float = 1e-4,
+    var_floor: float = DEFAULT_VAR_FLOOR,
     ignore_index: Optional[int] = None,
 ) -> ClassMoments:
     """Per-class mean ``μ (K, F)``, standard deviation ``σ (K, F)`` and count ``(K,)`` of labeled
-    features over the ground-truth voxels of each class, over all DDP ranks.
+    features over the ground-truth voxels of each class, over all DDP ranks (default floor:
+    :data:`DEFAULT_VAR_FLOOR`).
 
     ``σ_k² = max(mean_k((f − μ_k)²), var_floor)`` (population variance, floored so a class of one
     voxel or of constant features keeps a finite density). Absent classes: ``μ = 0``,
@@ -149,7 +166,13 @@ def log_priors(counts: torch.Tensor) -> torch.Tensor:
 def log_posterior(
     features: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, log_prior: torch.Tensor
 ) -> torch.Tensor:
-    """``log P(k|x) = log p(k) + log N(f(x)|μ_k, σ_k) − logsumexp_j(…)`` per voxel, ``(B, K, *spatial)``.
+    """``log P(k|x) = log p(k) + log N̄(f(x)|μ_k, σ_k) − logsumexp_j(…)`` per voxel, ``(B, K, *spatial)``,
+    with the channel-mean log-density
+
+        log N̄(f|μ_k, σ_k) = (1/F) Σ_c [ −(f_c − μ_kc)² / (2σ_kc²) − log σ_kc − ½ log 2π ]
+
+    (the geometric mean of the F per-channel densities; why not their product: module docstring).
+    For F = 1 it is the ordinary Gaussian posterior.
 
     features ``(B, F, *spatial)``; mu, sigma ``(K, F)`` (diagonal Gaussians); log_prior ``(K,)``.
     Float32, autocast off, log-sum-exp over classes: no density is ever exponentiated, so
@@ -187,8 +210,8 @@ def log_posterior(
             - 2.0 * torch.einsum("bf...,kf->bk...", xc, w * m)
             + (w * m * m).sum(1).view((1, -1) + (1,) * (x.ndim - 2))
         ).clamp_min(0.0)
-        log_norm = -torch.log(sigma_i).sum(1) - 0.5 * num_feats * math.log(2.0 * math.pi)
-        joint = (lp_i + log_norm).view((1, -1) + (1,) * (x.ndim - 2)) - 0.5 * quad
+        log_norm = -torch.log(sigma_i).mean(1) - 0.5 * math.log(2.0 * math.pi)
+        joint = (lp_i + log_norm).view((1, -1) + (1,) * (x.ndim - 2)) - (0.5 / num_feats) * quad
         post = joint - torch.logsumexp(joint, dim=1, keepdim=True)
         out = x.new_full((x.shape[0], num_classes) + tuple(x.shape[2:]), EXCLUDED_LOG_POSTERIOR)
         return out.index_copy(1, idx, post)
@@ -217,7 +240,7 @@ class ClassConditionalGMM:
         self,
         num_classes: int,
         momentum: Optional[float] = None,
-        var_floor: float = 1e-4,
+        var_floor: float = DEFAULT_VAR_FLOOR,
         ignore_index: Optional[int] = None,
     ):
         if num_classes < 1:

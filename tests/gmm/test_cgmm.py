@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nnunet_ssl.gmm import (
+    DEFAULT_VAR_FLOOR,
     EXCLUDED_LOG_POSTERIOR,
     ClassConditionalGMM,
     cgmm_predict,
@@ -66,6 +67,39 @@ def test_posterior_by_hand_one_feature():
     torch.testing.assert_close(p[0, 0], torch.tensor([0.7112346, 0.25]))
 
 
+def test_posterior_averages_the_log_likelihood_over_channels():
+    # F = 32 identical channels, mu = (0, 1), sigma = 0.5, equal priors, voxel at x = 0:
+    # per channel log N(0|0, .5) - log N(0|1, .5) = 1 / (2 * 0.25) = 2 nats. The channel mean keeps
+    # the gap at 2 (P(0|x) = 1 / (1 + e^-2) = 0.8807971, the F = 1 value); a sum over channels
+    # would make it 64 nats, P(0|x) = 1 - 1.6e-28 (one-hot).
+    nf = 32
+    f = torch.zeros(1, nf, 1, 1)
+    mu, sigma = torch.stack([torch.zeros(nf), torch.ones(nf)]), torch.full((2, nf), 0.5)
+    lp = log_posterior(f, mu, sigma, torch.log(torch.tensor([0.5, 0.5])))
+    torch.testing.assert_close(lp[0, 0, 0, 0] - lp[0, 1, 0, 0], torch.tensor(2.0))
+    torch.testing.assert_close(lp.exp()[0, :, 0, 0], torch.tensor([0.8807971, 0.1192029]))
+
+
+def test_realistic_features_give_a_calibrated_posterior_not_a_one_hot_one():
+    # F = 32 channels, class 0 at 0 and class 1 at 1 in every channel, no spread within a class
+    # (constant background, a dead channel): sigma^2 = 0 -> DEFAULT_VAR_FLOOR = 0.05 for both
+    # classes (the log sigma terms cancel). At a class-0 voxel, channel mean of the per-channel
+    # gaps (1 - 0)^2 / (2 * 0.05) = 10 nats -> P(0|x) = 1 / (1 + e^-10) = 0.9999546.
+    # (Summed over channels with the old floor 1e-4 it was 32 / 2e-4 = 160,000 nats.)
+    nf = 32
+    y = torch.tensor([[[0, 0, 1, 1]]])  # (1, 1, 4)
+    f = y[:, None].float().expand(1, nf, 1, 4).contiguous()
+    m = class_moments(f, y, 2)
+    torch.testing.assert_close(m.sigma, torch.full((2, nf), math.sqrt(DEFAULT_VAR_FLOOR)))
+    lp = log_posterior(f, m.mu, m.sigma, log_priors(m.counts))
+    top2 = lp.topk(2, dim=1).values
+    gap = top2[:, 0] - top2[:, 1]
+    torch.testing.assert_close(gap, torch.full((1, 1, 4), 10.0))
+    assert gap.max() < 20  # bounded: a calibrated mixture, not a one-hot one
+    torch.testing.assert_close(lp.exp()[0, 0, 0], torch.tensor([0.9999546, 0.9999546, 0.0000454, 0.0000454]),
+                               atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("spatial", [(3, 4), (2, 3, 2)])
 def test_posterior_matches_direct_density_computation(spatial):
     g = torch.Generator().manual_seed(0)
@@ -74,10 +108,11 @@ def test_posterior_matches_direct_density_computation(spatial):
     mu = torch.randn(k, nf, generator=g)
     sigma = 0.5 + torch.rand(k, nf, generator=g)
     prior = torch.tensor([0.2, 0.3, 0.5])
-    # direct: p(k) * prod_f N(x_f | mu_kf, sigma_kf), normalised over k, in float64
+    # direct: p(k) * (prod_f N(x_f | mu_kf, sigma_kf))^(1/F) (geometric mean over channels),
+    # normalised over k, in float64
     x = f.double().movedim(1, -1).unsqueeze(-2)  # (B, *s, 1, F)
     dens = torch.exp(-0.5 * ((x - mu.double()) / sigma.double()) ** 2) / (sigma.double() * math.sqrt(2 * math.pi))
-    joint = prior.double() * dens.prod(-1)  # (B, *s, K)
+    joint = prior.double() * dens.prod(-1) ** (1.0 / nf)  # (B, *s, K)
     direct = (joint / joint.sum(-1, keepdim=True)).movedim(-1, 1)
     got = log_posterior(f, mu, sigma, prior.log()).exp()
     torch.testing.assert_close(got.double(), direct, atol=1e-5, rtol=1e-4)
