@@ -110,13 +110,17 @@ def loss_self(logits: torch.Tensor, cgmm_labels: torch.Tensor, mask: Optional[to
 
 
 def loss_max(mu: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``L_max = 2 / (K(K−1)) Σ_{k<v} exp(−‖μ_k − μ_v‖²)``, a scalar: the mean over the K(K−1)/2
-    unordered pairs of class means ``mu`` ``(K, F)`` of a Gaussian similarity (1 for equal
-    means, → 0 as they part), so minimising it pushes the class means apart.
+    """``L_max = 2 / (K(K−1)) Σ_{k<v} exp(−d_kv²)`` with ``d_kv = (1/F) Σ_c |μ_kc − μ_vc|``, a scalar:
+    the mean over the K(K−1)/2 unordered pairs of class means ``mu`` ``(K, F)`` of a similarity
+    (1 for equal means, → 0 as they part), so minimising it pushes the class means apart.
 
-    (The paper writes ``Σ_{k≠v}`` with the same factor; summing ordered pairs would count each
-    pair twice and range over [0, 2].) ``present`` ``(K,)`` bool restricts it to the classes with
-    an estimate (e.g. ``counts > 0``); fewer than two classes → 0.
+    ``d_kv`` is the channel-mean absolute distance, as in the reference code (kimjisoo12/GuidedNet,
+    ``proto_loss``), not the squared Euclidean norm ``‖μ_k − μ_v‖²``: the norm sums over the F
+    channels, so for F = 32 channels apart by 1 it gives ``exp(−32) ≈ 1e-14`` and the loss (and its
+    gradient) vanish before training starts; the mean gives ``exp(−1)``. (The paper writes
+    ``Σ_{k≠v}`` with the same factor; summing ordered pairs would count each pair twice and range
+    over [0, 2].) ``present`` ``(K,)`` bool restricts it to the classes with an estimate (e.g.
+    ``counts > 0``); fewer than two classes → 0.
     """
     if mu.ndim != 2:
         raise ValueError(f"expected class means (K, F), got shape {tuple(mu.shape)}")
@@ -129,9 +133,9 @@ def loss_max(mu: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.
         k = m.shape[0]
         if k < 2:
             return m.sum() * 0.0
-        d2 = (m[:, None, :] - m[None, :, :]).pow(2).sum(-1)
         i, j = torch.triu_indices(k, k, offset=1, device=m.device)
-        return torch.exp(-d2[i, j]).mean()
+        d = (m[i] - m[j]).abs().mean(-1)
+        return torch.exp(-d * d).mean()
 
 
 def loss_cons(prob_a: torch.Tensor, prob_b: torch.Tensor) -> torch.Tensor:

@@ -74,8 +74,8 @@ def test_loss_self_is_exact_and_finite_for_saturated_softmax():
 
 
 def test_loss_max_by_hand():
-    # 2 classes: ||(0,0) - (1,1)||^2 = 2 -> exp(-2)
-    torch.testing.assert_close(loss_max(torch.tensor([[0.0, 0.0], [1.0, 1.0]])), torch.tensor(math.exp(-2.0)))
+    # 2 classes: channel-mean distance mean(|0 - 1|, |0 - 3|) = 2 -> exp(-2^2) = exp(-4)
+    torch.testing.assert_close(loss_max(torch.tensor([[0.0, 0.0], [1.0, 3.0]])), torch.tensor(math.exp(-4.0)))
     # 3 classes on a line at 0, 1, 3: pairs d^2 = 1, 9, 4 -> 2/(3*2) * (e^-1 + e^-9 + e^-4) = 0.1287728
     mu = torch.tensor([[0.0], [1.0], [3.0]])
     torch.testing.assert_close(loss_max(mu), torch.tensor(0.1287728))
@@ -83,6 +83,17 @@ def test_loss_max_by_hand():
     assert loss_max(torch.zeros(4, 3)).item() == 1.0
     torch.testing.assert_close(loss_max(mu, present=torch.tensor([True, False, True])), torch.tensor(math.exp(-9.0)))
     assert loss_max(mu, present=torch.tensor([True, False, False])).item() == 0.0
+
+
+def test_loss_max_uses_the_channel_mean_distance_and_does_not_vanish_for_many_channels():
+    # F = 32 channels, class means 0 and 1 in every channel: mean_c |mu_0c - mu_1c| = 1 ->
+    # exp(-1) = 0.3678794. The squared norm summed over channels would give exp(-32) = 1.3e-14.
+    mu = torch.stack([torch.zeros(32), torch.ones(32)])
+    torch.testing.assert_close(loss_max(mu), torch.tensor(math.exp(-1.0)))
+    # one channel of 32 apart by 16, the rest equal: mean distance 0.5 -> exp(-0.25) = 0.7788008
+    mu = torch.zeros(2, 32)
+    mu[1, 0] = 16.0
+    torch.testing.assert_close(loss_max(mu), torch.tensor(math.exp(-0.25)))
 
 
 def test_loss_max_gradient_pushes_means_apart():
