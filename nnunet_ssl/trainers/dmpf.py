@@ -15,13 +15,21 @@ from nnunet_ssl.trainers.dhc import ClassWeightedPairTrainer
 from nnunet_ssl.trainers.semisupervised import split_output
 from nnunet_ssl.utils.modules import full_resolution
 
-__all__ = ["dmpf_total_loss", "nnUNetTrainerDMPF"]
+__all__ = ["dmpf_total_loss", "foreground_samples", "nnUNetTrainerDMPF"]
 
 
 def dmpf_total_loss(loss_sup: torch.Tensor, loss_mix: torch.Tensor, loss_u: torch.Tensor,
-                    theta: float) -> torch.Tensor:
-    """DMPF's objective ``L = L_sup + L_m^unsup + θ·L_u^unsup`` (scalars; θ already ramped up)."""
-    return loss_sup + loss_mix + theta * loss_u
+                    theta: float, mix_weight: float) -> torch.Tensor:
+    """DMPF's objective ``L = (1 − μ)·L_sup + μ·L_m^unsup + θ·L_u^unsup`` (scalars; θ and μ already
+    ramped up). The paper writes ``L_sup + L_m + θ·L_u``; its reference code trains on ``L_sup``
+    alone in the first epoch and on ``0.75·L_sup + 0.25·L_m`` after (μ = 0.25)."""
+    return (1 - mix_weight) * loss_sup + mix_weight * loss_mix + theta * loss_u
+
+
+def foreground_samples(pseudo_labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: the samples of an integer pseudo-label map ``(B, *spatial)`` holding any class
+    other than background (0)."""
+    return (pseudo_labels.flatten(1) > 0).any(1)
 
 
 class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
@@ -34,11 +42,21 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
        ``ŷ_B^u``): classes ``S`` drawn ∝ weights, ``M = 1[ŷ^u ∈ S]``, ``x^m = x_u·M + x_l·(1−M)``,
        ``ŷ^m = ŷ^u·M + y_l·(1−M)`` (unlabeled sample i onto labeled sample i; draws from
        ``self.generator``); a second forward of each student on its mixed batch;
-    4. ``L_m = CE_{W_A}(f_A(x_A^m), ŷ_A^m) + CE_{W_B}(f_B(x_B^m), ŷ_B^m)``;
+    4. ``L_m = CE_{W_A}(f_A(x_A^m), ŷ_A^m) + CE_{W_B}(f_B(x_B^m), ŷ_B^m)``, leaving out every sample
+       whose pseudo-label (``ŷ_A^u`` for A's mix, ``ŷ_B^u`` for B's) holds background only: its class
+       mask covers the whole patch, so the labeled image and its lesion would be replaced by an
+       unlabeled image labeled background. The fraction left out is logged (``mix_skipped_A/B``);
     5. ``L_sup = Seg_{W_A}(f_A(x_l), y_l) + Seg_{W_B}(f_B(x_l), y_l)``, ``Seg_W = Dice_W + ½·CE_W``
-       with nnU-Net's deep supervision;
+       with nnU-Net's deep supervision (class weights floored, see ``weight_floor``);
     6. ``L_u = Seg_{W_A}(f_A(x_u), ŷ_B^u) + Seg_{W_B}(f_B(x_u), ŷ_A^u)``;
-    7. ``L = L_sup + L_m + θ(t)·L_u``, θ(t) the sigmoid ramp-up to ``consistency_weight``.
+    7. ``L = (1 − μ(t))·L_sup + μ(t)·L_m + θ(t)·L_u``, θ(t) the sigmoid ramp-up to ``consistency_weight``,
+       μ(t) the same ramp-up to ``mix_weight`` (0.25).
+
+    Why μ: at step 0 the teachers are copies of random students, so their pseudo-labels (and the
+    mixes built from them) are noise. The reference code (lzhang30/Double-Mix) trains on ``L_sup``
+    alone for the first epoch and then on ``(1.5·L_sup + 0.5·L_m)/2 = 0.75·L_sup + 0.25·L_m``; we keep
+    that 0.75/0.25 split as the end point and reach it with the sigmoid ramp-up instead of a jump
+    after an epoch whose length depends on nnU-Net's budget.
 
     Unsupervised terms use the full-resolution outputs, in float32.
 
@@ -72,6 +90,8 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
     """Strong mix of unlabeled onto labeled patches: dmp (default), cutmix, cutout or classmix."""
     box_beta: float = DEFAULT_BETA
     """Box side as a fraction of the patch side, for strong_mix cutmix/cutout."""
+    mix_weight: float = 0.25
+    """μ_max: weight of the mixed term L_m against 1 − μ for L_sup after the ramp-up (reference 0.25)."""
 
     teacher_sources = {"teacher_a": "network", "teacher_b": "network_b"}
     inference_model = "teacher_a"
@@ -98,6 +118,18 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
         return tuple(fn(x_u[:k], pseudo[:k], x_l[:k], y_l[:k], w, self.generator, **options)
                      for pseudo, w in ((pseudo_a, w_a), (pseudo_b, w_b)))
 
+    def mixed_loss(self, logits: torch.Tensor, mixed: MixResult, pseudo: torch.Tensor,
+                   class_weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Step 4 for one model: ``CE_W(logits, ŷ^m)`` over the samples whose pseudo-label holds a
+        foreground class, and the fraction of samples left out.
+
+        ``logits`` ``(k, C, *patch)`` of the mixed batch, ``pseudo`` ``(B_u, *patch)`` the pseudo-labels
+        the mix was built from (its first ``k`` samples were mixed), ``class_weights`` ``(C,)``."""
+        keep = foreground_samples(pseudo[:logits.shape[0]])
+        weight = mixed.weight * keep.view(-1, *([1] * (mixed.weight.dim() - 1))).to(mixed.weight.dtype)
+        loss = weighted_cross_entropy(logits, mixed.label, class_weights, weight, self.label_manager.ignore_label)
+        return loss, 1 - keep.float().mean()
+
     def compute_losses(self, data, target, unlabeled):
         n = data.shape[0]
         net_a, net_b = self.network, self.extra_networks["network_b"]
@@ -115,17 +147,18 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
         logits_a_m = full_resolution(net_a(mix_a.image)).float()
         logits_b_m = full_resolution(net_b(mix_b.image)).float()
         # 4.-6. the three terms
-        ignore = self.label_manager.ignore_label
-        loss_mix = (weighted_cross_entropy(logits_a_m, mix_a.label, w_a, mix_a.weight, ignore)
-                    + weighted_cross_entropy(logits_b_m, mix_b.label, w_b, mix_b.weight, ignore))
+        loss_mix_a, skipped_a = self.mixed_loss(logits_a_m, mix_a, pseudo_a, w_a)
+        loss_mix_b, skipped_b = self.mixed_loss(logits_b_m, mix_b, pseudo_b, w_b)
+        loss_mix = loss_mix_a + loss_mix_b
         loss_sup = self.supervised_loss(out_a_l, target, w_a) + self.supervised_loss(out_b_l, target, w_b)
         loss_u = (self.seg_loss(full_resolution(out_a_u).float(), pseudo_b, class_weights=w_a)
                   + self.seg_loss(full_resolution(out_b_u).float(), pseudo_a, class_weights=w_b))
-        # 7. total
-        theta = self.rampup_weight()
-        return {"loss": dmpf_total_loss(loss_sup, loss_mix, loss_u, theta), "loss_sup": loss_sup,
-                "loss_mix": loss_mix, "loss_u": loss_u, "theta": theta,
+        # 7. total, with both unsupervised weights ramped up
+        theta, mu = self.rampup_weight(), self.rampup_weight(self.mix_weight)
+        return {"loss": dmpf_total_loss(loss_sup, loss_mix, loss_u, theta, mu), "loss_sup": loss_sup,
+                "loss_mix": loss_mix, "loss_u": loss_u, "theta": theta, "mix_weight": mu,
                 "mix_ratio_A": mix_a.mask.mean(), "mix_ratio_B": mix_b.mask.mean(),
+                "mix_skipped_A": skipped_a, "mix_skipped_B": skipped_b,
                 **self.class_weight_terms(w_a, w_b)}
 
 

@@ -4,6 +4,7 @@ the tracker base; one ablation also runs train → resume → predict in-process
 from __future__ import annotations
 
 import copy
+import math
 import os
 from types import SimpleNamespace
 
@@ -12,8 +13,8 @@ import torch
 from torch import nn
 
 from conftest import CPU_PLANS
-from nnunet_ssl.trainers.dmpf import (dmpf_total_loss, nnUNetTrainerDMPF, nnUNetTrainerDMPF_CutMix,
-                                      nnUNetTrainerDMPF_CutOut)
+from nnunet_ssl.trainers.dmpf import (dmpf_total_loss, foreground_samples, nnUNetTrainerDMPF,
+                                      nnUNetTrainerDMPF_CutMix, nnUNetTrainerDMPF_CutOut)
 
 BUDGET = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
 
@@ -136,8 +137,39 @@ def test_unknown_strong_mix_is_a_value_error():
 
 
 def test_total_loss_by_hand():
-    total = dmpf_total_loss(torch.tensor(1.5), torch.tensor(0.25), torch.tensor(2.0), 0.1)
-    assert total.item() == pytest.approx(1.5 + 0.25 + 0.2)
+    # L = (1 − μ)·L_sup + μ·L_m + θ·L_u; μ = .25 (the reference's 0.75/0.25 split), θ = .1
+    #   .75·1.5 + .25·.5 + .1·2 = 1.125 + .125 + .2 = 1.45
+    total = dmpf_total_loss(torch.tensor(1.5), torch.tensor(0.5), torch.tensor(2.0), 0.1, 0.25)
+    assert total.item() == pytest.approx(1.45)
+    # μ = 0 (start of the ramp): the supervised term alone, plus θ·L_u: 1.5 + .2
+    assert dmpf_total_loss(torch.tensor(1.5), torch.tensor(0.5), torch.tensor(2.0), 0.1, 0.0).item() == pytest.approx(1.7)
+
+
+def test_foreground_samples_by_hand():
+    pseudo = torch.tensor([[[0, 0], [0, 0]], [[0, 2], [0, 0]], [[1, 1], [1, 1]]])  # (3, 2, 2)
+    assert foreground_samples(pseudo).tolist() == [False, True, True]
+    assert foreground_samples(pseudo.unsqueeze(-1)).tolist() == [False, True, True]  # 3D
+
+
+def test_mixed_loss_skips_samples_whose_pseudo_label_is_background_only():
+    from nnunet_ssl.mixing.mixes import MixResult
+
+    t = _bare(nnUNetTrainerDMPF)
+    # two samples, two voxels, two classes; sample 0's pseudo-label is all background -> no loss
+    # sample 1: voxel a logits [0, 0] label 1 -> CE ln 2; voxel b logits [0, ln 3] label 0 -> CE ln 4
+    #   equal weights: (ln 2 + 2 ln 2)/2 = 1.5 ln 2
+    logits = torch.tensor([[[5.0, -5.0], [-5.0, 5.0]], [[0.0, 0.0], [0.0, math.log(3.0)]]])
+    label = torch.tensor([[1, 0], [1, 0]])
+    mixed = MixResult(image=torch.zeros(2, 1, 2), label=label, mask=torch.ones(2, 2), weight=torch.ones(2, 2))
+    pseudo = torch.tensor([[0, 0], [0, 1]])
+    loss, skipped = t.mixed_loss(logits, mixed, pseudo, torch.ones(2))
+    assert loss.item() == pytest.approx(1.5 * math.log(2.0), rel=1e-6) and skipped.item() == 0.5
+    # every pseudo-label background only: nothing is learned from the mix (0, not NaN), all skipped
+    loss, skipped = t.mixed_loss(logits, mixed, torch.zeros(2, 2, dtype=torch.long), torch.ones(2))
+    assert loss.item() == 0.0 and skipped.item() == 1.0
+    # a pseudo-label batch larger than the mixed batch (B_u > B): only the mixed samples count
+    loss, skipped = t.mixed_loss(logits, mixed, torch.tensor([[0, 0], [1, 0], [0, 0]]), torch.ones(2))
+    assert loss.item() == pytest.approx(1.5 * math.log(2.0), rel=1e-6) and skipped.item() == 0.5
 
 
 # ------------------------------------------------------------------------ the step on a real trainer
@@ -162,12 +194,20 @@ def test_compute_losses_composes_the_paper_formula(tiny_3d):
     t.initialize()
     C, c_in = t.label_manager.num_segmentation_heads, t.num_input_channels
     a, b, ta, tb = (_conv(c_in, C, s) for s in range(4))
+    # teacher A: class 0 wins where input channel 0 is very negative, class 1 elsewhere, so that
+    #   unlabeled sample 0 (shifted to -100) has an all-background pseudo-label and sample 1 (+10) none
+    with torch.no_grad():
+        ta.weight.zero_()
+        ta.weight[0, 0] = -1.0
+        ta.bias.copy_(torch.tensor([0.0, 1.0] + [0.0] * (C - 2)))
     t.network, t.extra_networks["network_b"] = a, b
     t.teachers = {"teacher_a": ta, "teacher_b": tb}
     t.trackers["weights_B"].initialise(torch.tensor([1000.0, 100.0, 10.0, 1.0]))  # B's weights non-uniform
     t.global_step = t.total_iterations  # ramp-up done: θ = consistency_weight
     g = torch.Generator().manual_seed(5)
     data, unlabeled = torch.randn(2, c_in, 4, 4, 4, generator=g), torch.randn(2, c_in, 4, 4, 4, generator=g)
+    unlabeled[0] -= 100.0
+    unlabeled[1] += 10.0
     target = [torch.randint(0, C, (2, 1, 4, 4, 4), generator=g).float()]
 
     trackers, gen_state = copy.deepcopy(t.trackers), t.generator.get_state()
@@ -182,19 +222,39 @@ def test_compute_losses_composes_the_paper_formula(tiny_3d):
         y = target[0][:, 0].long()
         mix_a, mix_b = dmp_mix(unlabeled, pa, data, y, w_a, gen), dmp_mix(unlabeled, pb, data, y, w_b, gen)
         seg = WeightedDiceCE(ce_weight=0.5, batch_dice=t.configuration_manager.batch_dice)
-        l_sup = seg(a(data), target[0], class_weights=w_a) + seg(b(data), target[0], class_weights=w_b)
-        l_m = weighted_cross_entropy(a(mix_a.image), mix_a.label, w_a) + weighted_cross_entropy(b(mix_b.image), mix_b.label, w_b)
+        # samples whose pseudo-label is background only carry no mixed loss
+        keep_a = (pa.flatten(1) > 0).any(1).float().view(-1, 1, 1, 1)
+        keep_b = (pb.flatten(1) > 0).any(1).float().view(-1, 1, 1, 1)
+        assert keep_a.flatten().tolist() == [0.0, 1.0]
+        l_m = (weighted_cross_entropy(a(mix_a.image), mix_a.label, w_a, keep_a.expand_as(mix_a.label).float())
+               + weighted_cross_entropy(b(mix_b.image), mix_b.label, w_b, keep_b.expand_as(mix_b.label).float()))
         l_u = seg(a(unlabeled), pb, class_weights=w_a) + seg(b(unlabeled), pa, class_weights=w_b)
+        # the supervised term weighs classes with 1 + w/mean(w) (weight_floor 1)
+        l_sup = (seg(a(data), target[0], class_weights=1 + w_a / w_a.mean())
+                 + seg(b(data), target[0], class_weights=1 + w_b / w_b.mean()))
 
     assert not torch.allclose(w_a, w_b)
     assert torch.allclose(terms["w_A"], w_a) and torch.allclose(terms["w_B"], w_b)
     assert terms["theta"] == pytest.approx(t.consistency_weight)
     for name, expected in (("loss_sup", l_sup), ("loss_mix", l_m), ("loss_u", l_u)):
         assert terms[name].item() == pytest.approx(expected.item(), rel=1e-5), name
-    assert terms["loss"].item() == pytest.approx((l_sup + l_m + t.consistency_weight * l_u).item(), rel=1e-5)
+    # after the ramp-up: L = .75·L_sup + .25·L_m + θ·L_u (the reference's 0.75/0.25 split)
+    assert terms["mix_weight"] == pytest.approx(0.25)
+    assert terms["loss"].item() == pytest.approx((0.75 * l_sup + 0.25 * l_m + t.consistency_weight * l_u).item(),
+                                                 rel=1e-5)
     assert terms["mix_ratio_A"].item() == pytest.approx(mix_a.mask.mean().item())
+    assert terms["mix_skipped_A"].item() == 0.5
+    assert terms["mix_skipped_B"].item() == pytest.approx(1 - keep_b.mean().item())
     terms["loss"].backward()  # gradients reach both students
     assert a.weight.grad.abs().sum() > 0 and b.weight.grad.abs().sum() > 0
+
+    # at step 0 the teachers are random: L_m enters with μ = .25·exp(−5) ≈ .0017, L_sup with 1 − μ
+    t.global_step, t.num_iterations_per_epoch = 0, 100  # a ramp of int(.4·100) = 40 steps (BUDGET's is 0)
+    terms = t.compute_losses(data, target, unlabeled)
+    mu = 0.25 * math.exp(-5.0)
+    assert terms["mix_weight"] == pytest.approx(mu)
+    expected = (1 - mu) * terms["loss_sup"] + mu * terms["loss_mix"] + terms["theta"] * terms["loss_u"]
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- resume
