@@ -33,3 +33,12 @@ class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
         loss_cps = cross_pseudo_supervision(full_resolution(out_a_u), full_resolution(out_b_u))
         w = self.rampup_weight()
         return {"loss": loss_sup + w * loss_cps, "loss_sup": loss_sup, "loss_cps": loss_cps, "w_cps": w}
+
+
+class nnUNetTrainerCPS_Ensemble(nnUNetTrainerCPS):
+    """CPS, trained identically, predicting with the mean of both networks' softmax (the seed FLARE22
+    pipeline combines both CPS networks). Validation, ``checkpoint_best`` and ``nnUNetv2_predict``
+    use the ensemble; its ``network_weights`` hold both networks (``members.0`` = A, ``members.1`` = B).
+    Twice the inference cost of CPS."""
+
+    inference_model = ("network", "network_b")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch import distributed as dist
 from torch import nn
 
 from nnunetv2.paths import nnUNet_raw
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
@@ -35,6 +36,7 @@ from nnunet_ssl.data import stream
 from nnunet_ssl.data.unlabeled import (UNLABELED_FOLDER, find_unlabeled_cases, preprocess_unlabeled,
                                        unlabeled_case_ids, unlabeled_preprocessed_folder)
 from nnunet_ssl.errors import UserError
+from nnunet_ssl.networks.ensemble import SoftmaxEnsemble, ensemble_builder
 from nnunet_ssl.overrides import NNUNET_BUDGET_KEYS, apply_overrides, read_overrides
 from nnunet_ssl.schedules import sigmoid_rampup
 from nnunet_ssl.teachers.ema import EMATeacher
@@ -81,18 +83,33 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     """Trainable networks besides ``self.network`` (built like it, trained by the same optimizer)."""
     teacher_sources: Dict[str, str] = {}
     """EMA teachers: teacher name -> name of the network it follows ('network' or an extra name)."""
-    inference_model: str = "network"
-    """Which network or teacher is written as ``network_weights`` and used for validation."""
+    inference_model: Union[str, Tuple[str, ...]] = "network"
+    """Which network or teacher is written as ``network_weights``, validates during training and picks
+    ``checkpoint_best``. A tuple of names is the mean of their softmax (:class:`SoftmaxEnsemble`); the
+    class's ``build_network_architecture`` then builds that ensemble, so ``nnUNetv2_predict`` runs it."""
+    unused_hyperparameters: Tuple[str, ...] = ()
+    """Hyper-parameters declared by a base class that this method ignores: not printed, and refused as
+    overrides. ``ema_decay`` is left out automatically for methods without EMA teachers."""
     cost_model: Dict[str, float] = {}
     """Expected compute per step for benchmarks/iteration_cost.py: {"forward": f, "backward": b}, passes
     in units of one labeled batch (nnUNetTrainer: 1 and 1)."""
 
     STRUCTURAL = ("requires_unlabeled", "extra_network_names", "teacher_sources", "inference_model", "cost_model",
-                  "requires_category_labels", "e2e_configurations")
+                  "requires_category_labels", "e2e_configurations", "unused_hyperparameters")
     """Annotated class attributes that describe the method's structure, not per-run settings."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if isinstance(cls.__dict__.get("inference_model"), tuple) and "build_network_architecture" not in cls.__dict__:
+            # nnU-Net's predictor builds the inference network from the class: make it the ensemble
+            cls.build_network_architecture = staticmethod(ensemble_builder(cls.build_network_architecture,
+                                                                           len(cls.inference_model)))
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        member_builder = getattr(type(self).build_network_architecture, "member_builder", None)
+        if member_builder is not None:  # ensemble inference: training still builds one network at a time
+            self.build_network_architecture = member_builder
         super().__init__(plans, configuration, fold, dataset_json, device)
         try:
             self.applied_overrides = apply_overrides(self, self.hyperparameter_names() + list(NNUNET_BUDGET_KEYS),
@@ -115,11 +132,13 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     # ------------------------------------------------------------------ hyper-parameters
     @classmethod
     def hyperparameter_names(cls) -> List[str]:
+        unused = set(cls.unused_hyperparameters) | (set() if cls.teacher_sources else {"ema_decay"})
         names = []
         for klass in reversed(cls.__mro__):
             if isinstance(klass, type) and issubclass(klass, nnUNetTrainerSemiSupervised):
                 for name in getattr(klass, "__annotations__", {}):
-                    if name not in cls.STRUCTURAL and not name.startswith("_") and name not in names:
+                    if (name not in cls.STRUCTURAL and not name.startswith("_") and name not in names
+                            and name not in unused):
                         names.append(name)
         return names
 
@@ -151,11 +170,17 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         return {**self.trainable_networks(), **self.teachers}
 
     def inference_module(self) -> nn.Module:
+        """The network validated and exported: one network or teacher, or the :class:`SoftmaxEnsemble` of
+        several (built around the live networks, so it always holds their current weights)."""
         models = self.all_models()
-        if self.inference_model not in models:
-            raise RuntimeError(f"inference_model {self.inference_model!r} is not one of {list(models)}")
-        m = models[self.inference_model]
-        return m.module if isinstance(m, EMATeacher) else m
+        names = self.inference_model if isinstance(self.inference_model, tuple) else (self.inference_model,)
+        missing = [n for n in names if n not in models]
+        if missing:
+            raise RuntimeError(f"inference_model {self.inference_model!r}: {missing} not among {list(models)}")
+        nets = [models[n].module if isinstance(models[n], EMATeacher) else models[n] for n in names]
+        if isinstance(self.inference_model, tuple):
+            return SoftmaxEnsemble([unwrap(n) for n in nets])
+        return nets[0]
 
     def initialize(self):
         super().initialize()  # builds, compiles and DDP-wraps self.network; optimizer over it
@@ -179,6 +204,15 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
                                     nesterov=True)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def deep_supervised(self, loss: nn.Module) -> nn.Module:
+        """``loss`` wrapped in nnU-Net's ``DeepSupervisionWrapper`` with the scale weights nnU-Net chose for
+        ``self.loss`` (its DDP-safe weight for the lowest head included), or ``loss`` itself when the
+        network has no deep supervision. The wrapper calls ``loss(output_i, target_i, *extras_i)`` per scale."""
+        built = unwrap(self.loss)
+        if isinstance(built, DeepSupervisionWrapper):
+            return DeepSupervisionWrapper(loss, built.weight_factors)
+        return loss
 
     def set_deep_supervision_enabled(self, enabled: bool):
         for m in self.all_models().values():

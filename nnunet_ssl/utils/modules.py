@@ -26,8 +26,11 @@ def full_resolution(output: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torc
 
 
 def set_deep_supervision(module: nn.Module, enabled: bool) -> None:
-    """Switch deep supervision of an nnU-Net network (PlainConvUNet, ResidualEncoderUNet, ...)."""
+    """Switch deep supervision of an nnU-Net network (PlainConvUNet, ResidualEncoderUNet, ...), or of
+    every member of an ensemble of them (a module with a ``members`` list)."""
     mod = unwrap(module)
+    for member in getattr(mod, "members", ()):
+        set_deep_supervision(member, enabled)
     decoder = getattr(mod, "decoder", None)
     if decoder is not None and hasattr(decoder, "deep_supervision"):
         decoder.deep_supervision = enabled

@@ -47,9 +47,13 @@ def test_train_resume_predict(trainer, dataset_fixture, configuration, request, 
     if state is not None:  # our trainers: extension present, step counter advanced, inference net recorded
         assert state["global_step"] == E2E_BUDGET["num_iterations_per_epoch"]
         inference = state["inference_model"]
-        source = state["teachers"].get(inference, state["networks"].get(inference))
         for k, v in ckpt["network_weights"].items():
-            assert torch.equal(v, source[k]), f"network_weights differ from {inference} at {k}"
+            name, key = inference, k
+            if isinstance(inference, (list, tuple)):  # an ensemble: members.<i>.<key> is network inference[i]
+                _, i, key = k.split(".", 2)
+                name = inference[int(i)]
+            source = state["teachers"].get(name, state["networks"].get(name))
+            assert torch.equal(v, source[key]), f"network_weights differ from {name} at {key}"
 
     # 2) resume with --c for one more epoch: continues at epoch 1, step 2
     env2 = subprocess_env(nnUNet_ssl_overrides=json.dumps({**E2E_BUDGET, "num_epochs": 2}), nnUNet_n_proc_DA=0)

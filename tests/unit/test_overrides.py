@@ -26,3 +26,22 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="must be of type int"):
         apply_overrides(Obj(), ["num_epochs"], {"num_epochs": 2.5})
     assert read_overrides({}) == {}
+
+
+def test_settings_a_method_ignores_are_not_its_hyperparameters():
+    """ema_decay only where an EMA teacher exists; a base setting a method declares unused is refused."""
+    from nnunet_ssl.catalog import shipped_trainers
+    from nnunet_ssl.trainers.bcp import nnUNetTrainerBCP
+    from nnunet_ssl.trainers.cps import nnUNetTrainerCPS
+    from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+
+    assert "ema_decay" in nnUNetTrainerMeanTeacher.hyperparameter_names()
+    assert "ema_decay" not in nnUNetTrainerCPS.hyperparameter_names()  # no teacher
+    assert "consistency_weight" not in nnUNetTrainerBCP.hyperparameter_names()
+    with pytest.raises(ValueError, match="unknown setting"):
+        apply_overrides(object(), nnUNetTrainerBCP.hyperparameter_names(), {"consistency_weight": 0.3})
+    for name, cls in shipped_trainers().items():
+        names = cls.hyperparameter_names()
+        if not cls.teacher_sources:
+            assert "ema_decay" not in names, name
+        assert not set(cls.unused_hyperparameters) & set(names), name

@@ -1,0 +1,1 @@
+"""Network modules built around nnU-Net's networks (ensembles for inference)."""

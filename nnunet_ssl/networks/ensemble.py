@@ -1,0 +1,73 @@
+"""Dual-network inference as one nnU-Net network: the mean of several networks' softmax.
+
+DHC's and Double-Mix's reference code predict with the average of both students, and the seed
+FLARE22 pipeline sums both CPS networks' outputs. nnU-Net's predictor builds the inference network
+through the trainer class's ``build_network_architecture`` and loads ``network_weights`` into it;
+:func:`ensemble_builder` makes that builder return a :class:`SoftmaxEnsemble`, so
+``nnUNetv2_predict`` runs an ensemble trainer unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+Output = Union[Tensor, List[Tensor]]
+
+
+def mean_softmax_logits(logits: Sequence[Tensor]) -> Tensor:
+    """``log((1/K) Σ_k softmax(z_k))`` of K logit tensors ``(B, C, *spatial)`` → ``(B, C, *spatial)``.
+
+    These are logits whose softmax is the mean of the members' softmax (what nnU-Net's predictor
+    applies), and whose argmax is the argmax of the mean probability. Computed in float32 with
+    ``logsumexp`` of log-softmaxes, so no probability underflows to ``log 0``.
+    """
+    if not logits:
+        raise ValueError("mean_softmax_logits needs at least one logit tensor")
+    stacked = torch.stack([torch.log_softmax(z.float(), 1) for z in logits])
+    return torch.logsumexp(stacked, 0) - math.log(len(logits))
+
+
+class SoftmaxEnsemble(nn.Module):
+    """``K`` networks (``members.0``, ``members.1``, …) whose outputs are combined by
+    :func:`mean_softmax_logits`; under deep supervision (list outputs) scale by scale.
+
+    Meant for softmax (class) outputs; region (sigmoid) datasets are not supported. Switching deep
+    supervision, train/eval and devices acts on every member.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if len(members) < 1:
+            raise ValueError("an ensemble needs at least one member network")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Output:
+        outputs = [m(x) for m in self.members]
+        if isinstance(outputs[0], (list, tuple)):
+            return [mean_softmax_logits(scale) for scale in zip(*outputs)]
+        return mean_softmax_logits(outputs)
+
+
+def ensemble_builder(member_builder: Callable[..., nn.Module], num_members: int) -> Callable[..., nn.Module]:
+    """A ``build_network_architecture`` (nnU-Net's signature) that builds ``num_members`` networks
+    with ``member_builder`` and returns them as a :class:`SoftmaxEnsemble`.
+
+    The returned function keeps ``member_builder`` as its ``member_builder`` attribute: training
+    builds single networks with it, inference (nnU-Net's predictor) the ensemble.
+    """
+    member_builder = getattr(member_builder, "member_builder", member_builder)  # never nest ensembles
+    if num_members < 1:
+        raise ValueError(f"an ensemble needs at least one member network, got {num_members}")
+
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        return SoftmaxEnsemble([member_builder(plans_manager, configuration_manager, num_input_channels,
+                                               num_output_channels, enable_deep_supervision)
+                                for _ in range(num_members)])
+
+    build_network_architecture.member_builder = member_builder
+    build_network_architecture.num_members = num_members
+    return build_network_architecture
