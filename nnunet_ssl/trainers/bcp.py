@@ -8,16 +8,18 @@ pre-trained student and self-training on bidirectionally mixed labeled/unlabeled
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
 from nnunet_ssl.losses.consistency import hard_pseudo_labels
+from nnunet_ssl.losses.deep_supervision import downsample_like
 from nnunet_ssl.losses.weighted import WeightedDiceCE
 from nnunet_ssl.mixing.masks import DEFAULT_BETA, box_mask
 from nnunet_ssl.mixing.mixes import MixResult, bidirectional_copy_paste, labeled_copy_paste
 from nnunet_ssl.pseudo.filters import largest_connected_component_per_class
-from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised
+from nnunet_ssl.schedules import sigmoid_rampup
+from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised, split_output
 from nnunet_ssl.utils.modules import full_resolution
 
 
@@ -70,34 +72,41 @@ class nnUNetTrainerBCP(nnUNetTrainerSemiSupervised):
       reference also carries its SGD state over; one schedule spans the whole run).
     - Self-train: the teacher's argmax on the unlabeled patches (largest connected component per
       class if ``largest_cc``) labels them; the student learns ``X_in``/``X_out`` (see
-      :func:`self_training_mix`) with region-weighted ``(Dice + CE)/2`` each, summed.
+      :func:`self_training_mix`) with region-weighted ``(Dice + CE)/2`` each, summed. The weight of
+      unlabeled-region voxels ramps up (sigmoid) from 0 to ``u_weight`` over ``rampup_fraction`` of the
+      self-training iterations: the reference weighs them 0.5 from its first self-training step, after
+      10k of 40k pre-training iterations; on short runs the teacher's first pseudo-labels are poor
+      (at full weight they taught "no foreground" on the 3D demo).
 
     The phase is stored in the checkpoint, so ``--c`` resumes on either side of the boundary and a
-    resume that crosses it initialises the teacher then. The mixed losses use the full-resolution
-    output only (the masks are defined at full resolution; the reference has no deep supervision).
+    resume that crosses it initialises the teacher then. Both phases keep nnU-Net's deep supervision:
+    the mixed labels and region weights are made at full resolution and resized to every output scale
+    as nnU-Net resizes segmentations (:func:`~nnunet_ssl.losses.deep_supervision.downsample_like`), so
+    every decoder head is trained (a head without gradient breaks DDP) with nnU-Net's scale weights.
     Batches: every labeled patch is mixed with its neighbour in the batch (:func:`partners`), so a
     step needs >= 2 labeled (pre-train) and >= 2 labeled and unlabeled patches (self-train); with
     unequal sizes the first ``min(B_l, B_u)`` of each are used. Cost per self-train step: one student
     forward/backward of ``2·min(B_l, B_u)`` patches and one teacher forward of as many unlabeled.
-    The EMA teacher follows the student in both phases (cheap; keeps the inference network current).
-    Inference network: the teacher.
+    The EMA teacher follows the student in both phases (cheap). Inference network: the student, as
+    the reference code evaluates and saves it; ``nnUNetTrainerBCP_TeacherInference`` uses the teacher.
+    To start from a trained model instead of pre-training, set ``pretrain_fraction`` to 0 and pass
+    ``-pretrained_weights``.
     """
 
-    pretrain_fraction: float = 0.1
-    """Share of the epochs spent pre-training (ceil(fraction·num_epochs) epochs; 0: none)."""
+    pretrain_fraction: float = 0.25
+    """Share of the epochs spent pre-training (ceil(fraction·num_epochs) epochs; 0: none). The reference
+    pre-trains 10k of 40k iterations, the seed's ACDC report 15k before 30k."""
     box_beta: float = DEFAULT_BETA
     """Box side as a fraction of each patch side (BCP 2/3; the seeds' ACDC study found 1/2 best)."""
     u_weight: float = 0.5
-    """Loss weight of voxels that come from an unlabeled image (labeled voxels weigh 1)."""
+    """Loss weight of voxels that come from an unlabeled image (labeled voxels weigh 1), after ramp-up."""
     largest_cc: bool = True
     """Keep only the largest connected component per class of the teacher's pseudo-labels."""
-    consistency_weight: float = 0.1
-    """Not used by BCP (its mixed loss has no ramped unsupervised weight)."""
     rampup_fraction: float = 0.4
-    """Not used by BCP."""
+    """Ramp-up of u_weight as a fraction of the self-training iterations."""
 
     teacher_sources = {"teacher": "network"}
-    inference_model = "teacher"
+    unused_hyperparameters = ("consistency_weight",)  # BCP weighs regions (u_weight), not a loss term
     e2e_configurations = ("3d_fullres", "2d")
     cost_model = {"forward": 3, "backward": 2}  # self-train: student on 2 mixed batches, teacher on unlabeled
     # (pre-train, e.g. epoch 0 of a 1000-epoch run: 1 forward + 1 backward, as nnUNetTrainer)
@@ -109,8 +118,9 @@ class nnUNetTrainerBCP(nnUNetTrainerSemiSupervised):
 
     def initialize(self):
         super().initialize()
-        self.mix_loss = WeightedDiceCE(ce_weight=0.5, dice_weight=0.5, batch_dice=self.configuration_manager.batch_dice,
-                                       ignore_index=self.label_manager.ignore_label)
+        self.mix_loss = self.deep_supervised(WeightedDiceCE(
+            ce_weight=0.5, dice_weight=0.5, batch_dice=self.configuration_manager.batch_dice,
+            ignore_index=self.label_manager.ignore_label))
 
     @property
     def num_pretrain_epochs(self) -> int:
@@ -152,8 +162,23 @@ class nnUNetTrainerBCP(nnUNetTrainerSemiSupervised):
             raise ValueError(f"BCP pre-training pastes labeled patches onto each other and needs a batch size >= 2, "
                              f"got {x_l.shape[0]}; raise batch_size in the plans")
         mixed = pretrain_mix(x_l, y_l, self._box(x_l))
-        loss = self.mix_loss(full_resolution(self.network(mixed.image)).float(), mixed.label)
+        loss = self.mixed_loss(self.network(mixed.image), mixed.label)
         return {"loss": loss, "loss_mix_l": loss, "self_training": 0.0}
+
+    def mixed_loss(self, output, label: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Region-weighted ``(Dice + CE)/2`` of a (deep-supervised) output against a full-resolution mixed
+        label ``(B, 1, *spatial)`` and voxel weights (same layout), resized to every output scale."""
+        outs = list(output) if isinstance(output, (list, tuple)) else [output]
+        extras = [downsample_like(t, outs) for t in (label, weight) if t is not None]
+        if isinstance(output, (list, tuple)):
+            return self.mix_loss(outs, *extras)
+        return self.mix_loss(outs[0], *[e[0] for e in extras])
+
+    def current_u_weight(self) -> float:
+        """``u_weight`` ramped up (sigmoid) from the first self-training step."""
+        start = self.self_training_start[1] if self.self_training_start is not None else 0
+        length = int(self.rampup_fraction * max(self.total_iterations - start, 0))
+        return sigmoid_rampup(self.global_step - start, length, self.u_weight)
 
     @torch.no_grad()
     def pseudo_labels(self, x_u: torch.Tensor) -> torch.Tensor:
@@ -171,12 +196,13 @@ class nnUNetTrainerBCP(nnUNetTrainerSemiSupervised):
                              f"raise batch_size (plans) or unlabeled_batch_size")
         x_l, y_l, x_u = x_l[:n], y_l[:n], x_u[:n]
         y_u_hat = self.pseudo_labels(x_u)
-        mixed_in, mixed_out = self_training_mix(x_l, y_l, x_u, y_u_hat, self._box(x_l), self.u_weight)
-        logits = full_resolution(self.network(torch.cat([mixed_in.image, mixed_out.image]))).float()
-        loss_in = self.mix_loss(logits[:n], mixed_in.label, mixed_in.weight)
-        loss_out = self.mix_loss(logits[n:], mixed_out.label, mixed_out.weight)
+        u_weight = self.current_u_weight()
+        mixed_in, mixed_out = self_training_mix(x_l, y_l, x_u, y_u_hat, self._box(x_l), u_weight)
+        out_in, out_out = split_output(self.network(torch.cat([mixed_in.image, mixed_out.image])), n)
+        loss_in = self.mixed_loss(out_in, mixed_in.label, mixed_in.weight)
+        loss_out = self.mixed_loss(out_out, mixed_out.label, mixed_out.weight)
         return {"loss": loss_in + loss_out, "loss_mix_in": loss_in, "loss_mix_out": loss_out,
-                "pseudo_fg": (y_u_hat > 0).float().mean(), "self_training": 1.0}
+                "pseudo_fg": (y_u_hat > 0).float().mean(), "u_weight": u_weight, "self_training": 1.0}
 
     def extra_state_dict(self) -> dict:
         return {"self_training": bool(self.self_training),
@@ -186,3 +212,9 @@ class nnUNetTrainerBCP(nnUNetTrainerSemiSupervised):
         self.self_training = bool(state.get("self_training", False))
         start = state.get("self_training_start")
         self.self_training_start = None if start is None else tuple(int(v) for v in start)
+
+
+class nnUNetTrainerBCP_TeacherInference(nnUNetTrainerBCP):
+    """BCP, trained identically, validating and exporting the EMA teacher."""
+
+    inference_model = "teacher"

@@ -12,7 +12,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     """Student on labeled + unlabeled patches; an EMA teacher sees the same unlabeled patch with small
     Gaussian noise. ``L = L_sup(f(x_l), y_l) + w(t)·mean((p_student(x_u) − p_teacher(x_u + n))²)``.
 
-    Inference network: the teacher (``network_weights`` in the checkpoint; validation uses it too).
+    Inference network: the student, as the reference code (SSL4MIS) evaluates and saves it; the teacher
+    lags the student by about ``1/(1 − ema_decay)`` steps, a large share of a short run. Teacher inference
+    is ``nnUNetTrainerMeanTeacher_TeacherInference``.
     """
 
     consistency_weight: float = 0.1
@@ -23,7 +25,6 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     """The noise is clipped to ±this value."""
 
     teacher_sources = {"teacher": "network"}
-    inference_model = "teacher"
     cost_model = {"forward": 3, "backward": 2}  # student on labeled+unlabeled (2), teacher on unlabeled (1)
 
     def teacher_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,3 +40,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         loss_cons = softmax_mse(full_resolution(out_u), teacher_logits)
         w = self.rampup_weight()
         return {"loss": loss_sup + w * loss_cons, "loss_sup": loss_sup, "loss_cons": loss_cons, "w_cons": w}
+
+
+class nnUNetTrainerMeanTeacher_TeacherInference(nnUNetTrainerMeanTeacher):
+    """Mean Teacher, trained identically, validating and exporting the EMA teacher."""
+
+    inference_model = "teacher"

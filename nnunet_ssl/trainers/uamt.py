@@ -63,7 +63,8 @@ class nnUNetTrainerUAMT(nnUNetTrainerMeanTeacher):
     :func:`uncertainty_threshold` (0.75·ln C → ln C over ``threshold_rampup_fraction`` of training).
     ``L = L_sup + w(t)·masked MSE(p_student(x_u), p_teacher)``, ``w_max = 0.1``. The teacher target is
     the first of the ``T`` noisy passes (the reference draws one more noisy pass for it; same
-    distribution, one pass saved). Inference network: the teacher.
+    distribution, one pass saved). Inference network: the student, as SSL4MIS's UA-MT; teacher inference
+    is ``nnUNetTrainerUAMT_TeacherInference``.
     """
 
     uncertainty_passes: int = 8
@@ -106,3 +107,9 @@ class nnUNetTrainerUAMT(nnUNetTrainerMeanTeacher):
         w = self.rampup_weight()
         return {"loss": loss_sup + w * loss_cons, "loss_sup": loss_sup, "loss_cons": loss_cons, "w_cons": w,
                 "mask_ratio": mask.mean(), "threshold": threshold}
+
+
+class nnUNetTrainerUAMT_TeacherInference(nnUNetTrainerUAMT):
+    """UA-MT, trained identically, validating and exporting the EMA teacher."""
+
+    inference_model = "teacher"

@@ -114,7 +114,7 @@ def _count_unlabeled_batches(trainer):
 
 @pytest.mark.e2e
 def test_resume_across_the_phase_boundary(tiny_3d, monkeypatch):
-    """2d: epoch 0 pre-trains (ceil(0.1·1) = ceil(0.1·2) = 1 epoch), the run stops; --c continues
+    """2d: epoch 0 pre-trains (ceil(0.25·1) = ceil(0.25·2) = 1 epoch), the run stops; --c continues
     with epoch 1, which must start self-training with the teacher set to the student."""
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
@@ -158,5 +158,54 @@ def test_resume_across_the_phase_boundary(tiny_3d, monkeypatch):
     assert all(v == v for v in log["train_losses"])  # no NaN in either phase
     ckpt = torch.load(os.path.join(t2.output_folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert ckpt["nnunet_ssl"]["extra"] == {"self_training": True, "self_training_start": [1, 2]}
-    # the teacher moved on from the copy by EMA and is the inference network
-    assert all(torch.equal(ckpt["network_weights"][k], v) for k, v in teacher.module.state_dict().items())
+    # the student is the inference network (as the reference code); the teacher follows it by EMA
+    student = unwrap(t2.network).state_dict()
+    assert all(torch.equal(ckpt["network_weights"][k], v) for k, v in student.items())
+    assert ckpt["nnunet_ssl"]["inference_model"] == "network"
+
+
+def test_defaults_follow_the_reference():
+    from nnunet_ssl.trainers.bcp import nnUNetTrainerBCP_TeacherInference
+
+    assert nnUNetTrainerBCP.inference_model == "network"  # the reference evaluates the student
+    assert nnUNetTrainerBCP_TeacherInference.inference_model == "teacher"
+    assert nnUNetTrainerBCP.pretrain_fraction >= 0.25  # reference: 10k of 40k iterations
+    assert "consistency_weight" not in nnUNetTrainerBCP.hyperparameter_names()
+
+
+def test_u_weight_ramps_up_from_the_start_of_self_training():
+    fake = SimpleNamespace(self_training_start=(3, 100), total_iterations=600, rampup_fraction=0.4, u_weight=0.5)
+    at = lambda step: nnUNetTrainerBCP.current_u_weight(SimpleNamespace(**vars(fake), global_step=step))  # noqa: E731
+    # ramp length 0.4 * (600 - 100) = 200 steps; w = 0.5 * exp(-5 (1 - t/200)^2)
+    assert at(100) == pytest.approx(0.5 * 2.718281828 ** -5)
+    assert at(200) == pytest.approx(0.5 * 2.718281828 ** -1.25)
+    assert at(300) == at(599) == 0.5
+
+
+@pytest.mark.e2e
+def test_both_phases_train_every_head_nnunet_trains(tiny_3d, monkeypatch):
+    """Deep supervision is kept: pre-train and self-train losses reach the same parameters as nnU-Net's
+    own supervised loss (before, the mixed losses used the full-resolution head only)."""
+    from conftest import CPU_PLANS
+    from nnunet_ssl.losses.deep_supervision import downsample_like
+    from nnunet_ssl.runner import build_trainer
+
+    monkeypatch.delenv("nnUNet_ssl_overrides", raising=False)
+    t = build_trainer(tiny_3d["id"], "3d_fullres", 0, "nnUNetTrainerBCP", CPU_PLANS, "cpu",
+                      budget={"num_epochs": 4, "num_iterations_per_epoch": 2})
+    t.initialize()
+    torch.manual_seed(0)
+    shape = (2, 1, *t.configuration_manager.patch_size)
+    x, x_u = torch.randn(shape), torch.randn(shape)
+    y = torch.randint(0, t.label_manager.num_segmentation_heads, shape)
+
+    def grads(loss):
+        t.network.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n for n, p in t.network.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+    reference = grads(t.loss(t.network(x), downsample_like(y.float(), t.network(x))))
+    assert any("seg_layers.1" in n for n in reference)  # a lower-resolution head is trained by nnU-Net
+    assert grads(t.compute_losses(x, y.float(), None)["loss"]) == reference  # pre-train
+    t.start_self_training()
+    assert grads(t.compute_losses(x, y.float(), x_u)["loss"]) == reference  # self-train
