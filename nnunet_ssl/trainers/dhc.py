@@ -25,7 +25,8 @@ from nnunet_ssl.utils.modules import full_resolution
 from nnunet_ssl.weighting.functional import floored_weights
 from nnunet_ssl.weighting.trackers import build_tracker
 
-__all__ = ["labeled_class_histogram", "weighted_cps", "ClassWeightedPairTrainer", "nnUNetTrainerDHC"]
+__all__ = ["labeled_class_histogram", "weighted_cps", "ClassWeightedPairTrainer", "nnUNetTrainerDHC",
+           "nnUNetTrainerDHC_Ensemble"]
 
 
 def labeled_class_histogram(dataset, num_classes: int) -> np.ndarray:
@@ -194,13 +195,16 @@ class nnUNetTrainerDHC(ClassWeightedPairTrainer):
     unlabeled batch together, ``w(t)`` the sigmoid ramp-up to ``consistency_weight`` (0.1).
     Per step: one forward of each student on ``[x_l; x_u]`` → weights from those outputs → losses.
 
-    Inference network: A (``self.network``), so nnU-Net's validation and export are unchanged (the
-    reference evaluates the mean of A and B; nnU-Net predicts with one network). Learning rate:
-    nnU-Net's (the reference runs SGD with lr 0.03).
+    Inference network: A (``self.network``), so nnU-Net's validation and export are unchanged; the
+    reference evaluates the mean of A and B (``nnUNetTrainerDHC_Ensemble``). Learning rate: nnU-Net's
+    (the reference runs SGD with lr 0.03). Of the base's hyper-parameters DHC ignores ``ema_decay``
+    (no EMA teacher) and ``seed`` (nothing is drawn from the trainer's generator).
     """
 
     consistency_weight: float = 0.1
     """w_max of the class-weighted CPS term."""
+
+    unused_hyperparameters = ("ema_decay", "seed")
 
     cost_model = {"forward": 4, "backward": 4}  # two students on labeled+unlabeled
 
@@ -216,3 +220,8 @@ class nnUNetTrainerDHC(ClassWeightedPairTrainer):
         return {"loss": loss_sup + w * loss_cps, "loss_sup": loss_sup, "loss_cps": loss_cps, "w_cps": w,
                 **self.class_weight_terms(w_a, w_b)}
 
+
+
+class nnUNetTrainerDHC_Ensemble(nnUNetTrainerDHC):
+    """Predicts with the mean of both students' softmax, as DHC's and Double-Mix's reference code."""
+    inference_model = ("network", "network_b")

@@ -70,10 +70,11 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
     teacher one forward pass without gradients (``B_u`` samples). With ``B_u = B`` that is 3× the
     samples of nnU-Net per student, ≈ 6 nnU-Net steps plus two forward-only passes.
 
-    Inference network: teacher A (``teacher_a``: the EMA of the CDifW student, the one whose
-    pseudo-labels drive A's DMP); it is ``network_weights`` in the checkpoint and validates during
-    training. Reference-code divergences (cyclic in-batch mixing, model A trained on B's mix, mixed
-    targets from the model's own argmax) are not used.
+    Inference network: student A (``network``), as the reference code evaluates students (it
+    predicts with the mean of both students' softmax: ``nnUNetTrainerDMPF_Ensemble``); teacher A
+    is the variant ``nnUNetTrainerDMPF_TeacherInference``. Reference-code divergences (cyclic
+    in-batch mixing, model A trained on B's mix, mixed targets from the model's own argmax) are not
+    used.
 
     Ablations (named subclasses below; pairs are A–B): weight pairs DisW–DifW, CDifW–CDifW,
     CDifW–CDisW, DisW–DisW, CDisW–CDisW (CDifW–DisW is this class), and DMP replaced by CutMix,
@@ -94,7 +95,7 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
     """μ_max: weight of the mixed term L_m against 1 − μ for L_sup after the ramp-up (reference 0.25)."""
 
     teacher_sources = {"teacher_a": "network", "teacher_b": "network_b"}
-    inference_model = "teacher_a"
+    inference_model = "network"
     seg_ce_weight = 0.5
     # two students on labeled+unlabeled and on their mix (2 x 3), two teachers on unlabeled (2)
     cost_model = {"forward": 8, "backward": 6}
@@ -201,3 +202,14 @@ class nnUNetTrainerDMPF_CutOut(nnUNetTrainerDMPF):
 class nnUNetTrainerDMPF_ClassMix(nnUNetTrainerDMPF):
     """DMP replaced by ClassMix: half of the pseudo-label's classes (uniform) pasted onto the labeled patch."""
     strong_mix = "classmix"
+
+
+class nnUNetTrainerDMPF_TeacherInference(nnUNetTrainerDMPF):
+    """Predicts with teacher A (the EMA of the CDifW student, whose pseudo-labels drive A's DMP)
+    instead of student A; on short runs the teacher lags its student by ~1/(1 − ema_decay) steps."""
+    inference_model = "teacher_a"
+
+
+class nnUNetTrainerDMPF_Ensemble(nnUNetTrainerDMPF):
+    """Predicts with the mean of both students' softmax, as DHC's and Double-Mix's reference code."""
+    inference_model = ("network", "network_b")

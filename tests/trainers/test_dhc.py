@@ -120,6 +120,17 @@ def test_epoch_end_smooths_the_confidence_once(monkeypatch):
     assert a.state_dict()["confidence"]["epoch_count"].sum() == 0
 
 
+def test_dhc_lists_the_base_hyperparameters_it_ignores():
+    """DHC has no EMA teacher (ema_decay) and draws nothing from the trainer's generator (seed)."""
+    from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised
+
+    assert nnUNetTrainerDHC.unused_hyperparameters == ("ema_decay", "seed")
+    assert set(nnUNetTrainerDHC.unused_hyperparameters) <= set(nnUNetTrainerSemiSupervised.__annotations__)
+    assert not nnUNetTrainerDHC.teacher_sources
+    names = nnUNetTrainerDHC.hyperparameter_names()
+    assert "ema_decay" not in names and "seed" not in names and "consistency_weight" in names
+
+
 def test_unknown_tracker_name_is_a_value_error():
     with pytest.raises(ValueError, match="weights_b must be one of"):
         _bare(ClassWeightedPairTrainer, weights_b="kt").build_trackers()

@@ -126,7 +126,24 @@ def test_default_and_ablation_weight_pairs():
         "nnUNetTrainerDMPF_CutMix": ("cdifw", "disw", "cutmix"),
         "nnUNetTrainerDMPF_CutOut": ("cdifw", "disw", "cutout"),
         "nnUNetTrainerDMPF_ClassMix": ("cdifw", "disw", "classmix"),
+        "nnUNetTrainerDMPF_TeacherInference": ("cdifw", "disw", "dmp"),
+        "nnUNetTrainerDMPF_Ensemble": ("cdifw", "disw", "dmp"),
     }
+
+
+def test_inference_network_is_student_a_and_teacher_a_is_a_variant():
+    """The reference code evaluates the students; teacher inference is a named variant."""
+    from nnunet_ssl.trainers.dmpf import nnUNetTrainerDMPF_TeacherInference
+
+    assert nnUNetTrainerDMPF.inference_model == "network"
+    assert nnUNetTrainerDMPF_TeacherInference.inference_model == "teacher_a"
+    assert nnUNetTrainerDMPF_TeacherInference.teacher_sources == nnUNetTrainerDMPF.teacher_sources
+
+
+def test_dmpf_uses_every_hyperparameter_it_declares():
+    # teachers (ema_decay), mixes (seed), θ, μ: nothing the base declares is ignored
+    assert getattr(nnUNetTrainerDMPF, "unused_hyperparameters", ()) == ()
+    assert {"ema_decay", "seed", "mix_weight", "weight_floor"} <= set(nnUNetTrainerDMPF.hyperparameter_names())
 
 
 def test_unknown_strong_mix_is_a_value_error():
