@@ -58,8 +58,8 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
     weighs classes by ``weight_floor + w/mean(w)`` of the tracker's ``w``. The pure formulas starve
     frequent classes — DisW gives background weight 0 and DifW a well-learned class ≈ 0 — so the
     weighted CE stops charging for false positives there (on the project's demo, organ/vessel Dice
-    0.90–0.91 against 0.95 for nnUNetTrainer). Default 1 (``1 + w/mean(w)``): every class weighs at
-    least the mean weight's size and the rare classes keep their emphasis. ``weight_floor = 0`` is the
+    0.90–0.91 against 0.95 for nnUNetTrainer). Default 1 (``1 + w/mean(w)``): the smallest weight is
+    half the average one and the rare classes keep their emphasis (ordering kept, ratios softened). ``weight_floor = 0`` is the
     papers' supervised loss. The unsupervised terms (DHC's CPS, DMPF's ``L_m`` and ``L_u``) and DMP's
     class sampling keep the trackers' weights, as in the papers.
     """
@@ -72,7 +72,7 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
     """Lowest DisW weight (0 as in the reference: the most frequent class, background, weighs 0)."""
     weight_floor: float = 1.0
     """Floor of the supervised loss's class weights, in units of their mean: Seg_W uses
-    weight_floor + w/mean(w) (1: no class below the average weight's size; 0: the trackers' pure weights)."""
+    weight_floor + w/mean(w) (1: every class adds at least the trackers' average weight; 0: the pure weights)."""
     difw_tau: float = 50.0
     """DifW accumulation length τ (momentum (τ−1)/τ of learning speeds and mean Dice)."""
     difw_alpha: float = 0.2
