@@ -9,7 +9,7 @@ through the trainer class's ``build_network_architecture`` and loads ``network_w
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -17,17 +17,24 @@ from torch import Tensor, nn
 Output = Union[Tensor, List[Tensor]]
 
 
-def mean_softmax_logits(logits: Sequence[Tensor]) -> Tensor:
-    """``log((1/K) Σ_k softmax(z_k))`` of K logit tensors ``(B, C, *spatial)`` → ``(B, C, *spatial)``.
+def mean_softmax_logits(logits: Sequence[Tensor], weights: Optional[Sequence[float]] = None) -> Tensor:
+    """``log(Σ_k w_k softmax(z_k))`` of K logit tensors ``(B, C, *spatial)`` → ``(B, C, *spatial)``, with
+    ``w_k = 1/K`` by default; other non-negative weights are normalised to sum 1.
 
-    These are logits whose softmax is the mean of the members' softmax (what nnU-Net's predictor
-    applies), and whose argmax is the argmax of the mean probability. Computed in float32 with
-    ``logsumexp`` of log-softmaxes, so no probability underflows to ``log 0``.
+    These are logits whose softmax is the (weighted) mean of the members' softmax (what nnU-Net's
+    predictor applies), and whose argmax is the argmax of the mean probability. Computed in float32
+    with ``logsumexp`` of log-softmaxes, so no probability underflows to ``log 0``.
     """
     if not logits:
         raise ValueError("mean_softmax_logits needs at least one logit tensor")
-    stacked = torch.stack([torch.log_softmax(z.float(), 1) for z in logits])
-    return torch.logsumexp(stacked, 0) - math.log(len(logits))
+    if weights is None:
+        log_w = [-math.log(len(logits))] * len(logits)
+    else:
+        if len(weights) != len(logits) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"expected {len(logits)} non-negative weights with a positive sum, got {list(weights)}")
+        log_w = [math.log(w / sum(weights)) if w > 0 else -math.inf for w in weights]
+    stacked = torch.stack([torch.log_softmax(z.float(), 1) + lw for z, lw in zip(logits, log_w)])
+    return torch.logsumexp(stacked, 0)
 
 
 class SoftmaxEnsemble(nn.Module):

@@ -22,6 +22,16 @@ def test_mean_softmax_logits_hand_checked():
     assert torch.allclose(torch.softmax(out, 1), torch.tensor([[0.625, 0.375]]), atol=1e-6)
 
 
+def test_mean_softmax_logits_weighted_hand_checked():
+    # 0.25·(.5, .5) + 0.75·(.75, .25) = (.6875, .3125); weights (1, 3) are normalised to (.25, .75)
+    z1, z2 = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])
+    probs = torch.softmax(mean_softmax_logits([z1, z2], [1.0, 3.0]), 1)
+    assert torch.allclose(probs, torch.tensor([[0.6875, 0.3125]]), atol=1e-6)
+    assert torch.allclose(torch.softmax(mean_softmax_logits([z1, z2], [0.0, 1.0]), 1), torch.softmax(z2, 1))
+    with pytest.raises(ValueError, match="non-negative weights"):
+        mean_softmax_logits([z1, z2], [0.0, 0.0])
+
+
 def test_mean_softmax_logits_no_underflow():
     # member probabilities of ~e^-200 must not become log(0) = -inf
     z = torch.tensor([[200.0, 0.0]])

@@ -1,4 +1,5 @@
-"""Co-learning: weighted multi-student EMA weights and update, hybrid crops with an ignore label."""
+"""Co-learning: one EMA teacher per student and their share-weighted prediction, hybrid crops with an
+ignore label."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -9,24 +10,20 @@ from torch import nn
 
 from nnunet_ssl.mixing.mixes import one_hot
 from nnunet_ssl.teachers.ema import EMATeacher
-from nnunet_ssl.trainers.colearning import colearning_ema_weights, nnUNetTrainerCoLearning
+from nnunet_ssl.trainers.colearning import colearning_teacher_shares, nnUNetTrainerCoLearning
 
 
-def test_ema_weights_warm_up_then_alpha_beta():
-    assert colearning_ema_weights(0, 0.005, 0.005) == pytest.approx((0.5, 0.5))      # a_0 = 0
-    assert colearning_ema_weights(1, 0.005, 0.005) == pytest.approx((0.25, 0.25))    # a_1 = 1/2
-    assert colearning_ema_weights(9, 0.01, 0.03) == pytest.approx((0.025, 0.075))   # a_9 = 0.9 < 0.96
-    assert colearning_ema_weights(1000, 0.005, 0.005) == pytest.approx((0.005, 0.005))
-    assert colearning_ema_weights(0, 0.01, 0.03) == pytest.approx((0.25, 0.75))
-    assert colearning_ema_weights(0, 0.0, 0.0) == (0.0, 0.0)
-    assert colearning_ema_weights(7, 0.0, 0.02) == pytest.approx((0.0, 1 / 8))       # a_7 = 7/8
+def test_teacher_shares():
+    assert colearning_teacher_shares(0.005, 0.005) == pytest.approx((0.5, 0.5))
+    assert colearning_teacher_shares(0.01, 0.03) == pytest.approx((0.25, 0.75))
+    assert colearning_teacher_shares(0.0, 0.0) == (0.5, 0.5)
     for a, b in ((-0.1, 0.1), (0.6, 0.5)):
         with pytest.raises(ValueError, match="alpha, beta >= 0"):
-            colearning_ema_weights(0, a, b)
+            colearning_teacher_shares(a, b)
 
 
 def _net(value):
-    net = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1))
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
     with torch.no_grad():
         for p in net.parameters():
             p.fill_(value)
@@ -36,28 +33,48 @@ def _net(value):
 
 def _trainer(alpha, beta, step):
     s1, s2 = _net(1.0), _net(3.0)
-    return SimpleNamespace(network=s1, extra_networks={"network_b": s2}, teachers={"teacher": EMATeacher(_net(10.0))},
+    return SimpleNamespace(network=s1, extra_networks={"network_b": s2},
+                           teachers={"teacher_1": EMATeacher(_net(10.0)), "teacher_2": EMATeacher(_net(20.0))},
+                           teacher_sources=nnUNetTrainerCoLearning.teacher_sources,
+                           trainable_networks=lambda: {"network": s1, "network_b": s2},
                            ema_alpha=alpha, ema_beta=beta, global_step=step)
 
 
-def test_after_optimizer_step_alpha_beta_zero_keeps_the_teacher():
+def test_after_optimizer_step_alpha_beta_zero_keeps_the_teachers():
     fake = _trainer(0.0, 0.0, step=0)
-    before = {k: v.clone() for k, v in fake.teachers["teacher"].module.state_dict().items()}
+    before = {n: {k: v.clone() for k, v in t.module.state_dict().items()} for n, t in fake.teachers.items()}
     nnUNetTrainerCoLearning.after_optimizer_step(fake)
-    after = fake.teachers["teacher"].module.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)  # parameters and norm statistics
+    for n, t in fake.teachers.items():
+        assert all(torch.equal(before[n][k], v) for k, v in t.module.state_dict().items())
 
 
-def test_after_optimizer_step_weighted_average_of_both_students():
-    fake = _trainer(0.005, 0.015, step=10_000)  # warmed up: α_t = .005, β_t = .015
+def test_each_teacher_follows_its_own_student():
+    fake = _trainer(0.005, 0.015, step=10_000)  # warmed up: decay 1 - 0.02 = 0.98
     nnUNetTrainerCoLearning.after_optimizer_step(fake)
-    teacher = fake.teachers["teacher"].module
-    # 0.98·10 + 0.005·1 + 0.015·3 = 9.85
-    assert all(torch.allclose(p, torch.full_like(p, 9.85)) for p in teacher.parameters())
-    assert teacher[1].running_mean.item() == 1.0  # buffers are copied from student 1
-    fake = _trainer(0.005, 0.015, step=0)       # step 0: (1·.25 + 3·.75) = 2.5
+    # teacher 1: 0.98·10 + 0.02·1 = 9.82; teacher 2: 0.98·20 + 0.02·3 = 19.66
+    for name, value, student in (("teacher_1", 9.82, 1.0), ("teacher_2", 19.66, 3.0)):
+        teacher = fake.teachers[name].module
+        assert all(torch.allclose(p, torch.full_like(p, value)) for p in teacher.parameters())
+        assert teacher[1].running_mean[0].item() == student  # buffers are copied from its student
+    fake = _trainer(0.005, 0.015, step=0)  # step 0: decay 0, the teachers become copies of their students
     nnUNetTrainerCoLearning.after_optimizer_step(fake)
-    assert all(torch.allclose(p, torch.full_like(p, 2.5)) for p in fake.teachers["teacher"].module.parameters())
+    assert all(torch.allclose(p, torch.full_like(p, 3.0)) for p in fake.teachers["teacher_2"].module.parameters())
+
+
+def test_teacher_prediction_is_the_share_weighted_mean_of_both_teachers():
+    fake = _trainer(0.01, 0.03, step=0)
+    x = torch.randn(1, 1, 3, 3)
+    p1, p2 = (torch.softmax(fake.teachers[n](x), 1) for n in ("teacher_1", "teacher_2"))
+    logits = nnUNetTrainerCoLearning.teacher_logits(fake, x)
+    assert torch.allclose(torch.softmax(logits, 1), 0.25 * p1 + 0.75 * p2, atol=1e-6)
+
+
+def test_defaults_predict_with_a_student():
+    from nnunet_ssl.trainers.colearning import nnUNetTrainerCoLearning_TeacherInference
+
+    assert nnUNetTrainerCoLearning.inference_model == "network"
+    assert nnUNetTrainerCoLearning_TeacherInference.inference_model == ("teacher_1", "teacher_2")
+    assert "ema_decay" not in nnUNetTrainerCoLearning.hyperparameter_names()
 
 
 def test_hybrid_crops_mix_labels_and_drop_ignored_voxels():
