@@ -7,7 +7,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from nnunet_ssl.gmm.cgmm import ClassConditionalGMM, cgmm_predict, labels_at, log_posterior, log_priors
+from nnunet_ssl.gmm.cgmm import (DEFAULT_VAR_FLOOR, ClassConditionalGMM, cgmm_predict, labels_at, log_posterior,
+                                 log_priors)
 from nnunet_ssl.heads.feature_taps import FeatureTap
 from nnunet_ssl.losses.consistency import cross_pseudo_supervision
 from nnunet_ssl.losses.guidednet import (loss_cons, loss_gt, loss_max, loss_rectify, loss_self,
@@ -74,8 +75,8 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervised):
     """λ_rect: maximum weight of L_rectify (ramped up)."""
     cgmm_momentum: float = 0.0
     """Momentum of the stored CGMM estimate used on unlabeled data (0: this batch's statistics)."""
-    cgmm_var_floor: float = 1e-4
-    """Floor of the per-class feature variances of the CGMM."""
+    cgmm_var_floor: float = DEFAULT_VAR_FLOOR
+    """Floor of the per-class feature variances of the CGMM (bounds its confidence; see nnunet_ssl.gmm.cgmm)."""
     kt_momentum: float = 0.99
     """EMA momentum of the KT class weights."""
     kt_cps: bool = True
@@ -83,6 +84,8 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervised):
     cgmm_terms: Tuple[str, ...] = CGMM_TERMS
     """Enabled CGMM loss terms, a subset of ('gt', 'self', 'max', 'cons', 'rectify'); () disables the CGMM."""
 
+    unused_hyperparameters = ("ema_decay", "seed")
+    # no EMA teacher (ema_decay), and nothing is drawn from the trainer's generator (seed)
     extra_network_names = ("network_b",)
     e2e_configurations = ("3d_fullres", "2d")
     cost_model = {"forward": 4, "backward": 4}  # two networks on labeled+unlabeled
@@ -117,7 +120,8 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervised):
 
     def cgmm_losses(self, logits_l, logits_u, labels, n: int) -> Dict[str, torch.Tensor]:
         """Enabled CGMM terms (summed over A and B, unweighted) and ``rect_rate``. Features come from the
-        taps: the first ``n`` samples are labeled. Every enabled term is returned (0 when undefined)."""
+        taps: the first ``n`` samples are labeled; ``labels`` are the full-resolution labels ``(n, 1, *patch)``.
+        Every enabled term is returned (0 when undefined)."""
         on = set(self.cgmm_terms)
         zero = logits_l["a"].new_zeros(())
         out = {f"loss_{t}": zero for t in CGMM_TERMS if t in on}
@@ -167,7 +171,7 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervised):
         total = loss_sup + ramp * self.consistency_weight * terms["loss_cps"]
 
         if self.cgmm_terms:
-            cgmm = self.cgmm_losses(logits_l, logits_u, target[0], n)
+            cgmm = self.cgmm_losses(logits_l, logits_u, full_resolution(target), n)
             for tap in self.taps.values():
                 tap.clear()
             labeled = {"gt": self.gt_weight, "self": self.self_weight, "max": self.max_weight}
@@ -178,7 +182,9 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervised):
         return {"loss": total, **terms}
 
 
-# ---- ablations of the paper: components (KT-CPS, 3D-CGMM) and the CGMM loss terms, added one at a time
+# ---- ablations of the paper: components (KT-CPS, 3D-CGMM) and the CGMM loss terms. In the paper's loss
+# table the row gt+self+max+cons is the full model, so L_rectify (the CGMM-rectified pseudo-labels) is on in
+# every loss row; each row's name lists the other terms it keeps.
 class nnUNetTrainerGuidedNet_NoKT(nnUNetTrainerGuidedNet):
     """GuidedNet without KT-CPS: plain (unweighted) CPS, CGMM terms unchanged."""
     kt_cps = False
@@ -190,20 +196,26 @@ class nnUNetTrainerGuidedNet_NoCGMM(nnUNetTrainerGuidedNet):
 
 
 class nnUNetTrainerGuidedNet_Lgt(nnUNetTrainerGuidedNet):
-    """KT-CPS + L_gt."""
-    cgmm_terms = ("gt",)
+    """KT-CPS + L_gt (+ L_rectify)."""
+    cgmm_terms = ("gt", "rectify")
 
 
 class nnUNetTrainerGuidedNet_LgtLself(nnUNetTrainerGuidedNet):
-    """KT-CPS + L_gt + L_self."""
-    cgmm_terms = ("gt", "self")
+    """KT-CPS + L_gt + L_self (+ L_rectify)."""
+    cgmm_terms = ("gt", "self", "rectify")
+
+
+class nnUNetTrainerGuidedNet_LgtLmax(nnUNetTrainerGuidedNet):
+    """KT-CPS + L_gt + L_max (+ L_rectify)."""
+    cgmm_terms = ("gt", "max", "rectify")
 
 
 class nnUNetTrainerGuidedNet_LgtLselfLmax(nnUNetTrainerGuidedNet):
-    """KT-CPS + L_gt + L_self + L_max."""
-    cgmm_terms = ("gt", "self", "max")
+    """KT-CPS + L_gt + L_self + L_max (+ L_rectify)."""
+    cgmm_terms = ("gt", "self", "max", "rectify")
 
 
 class nnUNetTrainerGuidedNet_LgtLselfLmaxLcons(nnUNetTrainerGuidedNet):
-    """KT-CPS + L_gt + L_self + L_max + L_cons (all five terms = nnUNetTrainerGuidedNet)."""
-    cgmm_terms = ("gt", "self", "max", "cons")
+    """KT-CPS + L_gt + L_self + L_max + L_cons (+ L_rectify): the paper's full-model row, i.e. the same
+    training as nnUNetTrainerGuidedNet, under the row's own name (its own results folder)."""
+    cgmm_terms = CGMM_TERMS

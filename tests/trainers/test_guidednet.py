@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from conftest import CPU_PLANS
 
+from nnunet_ssl.trainers import guidednet as guidednet_module
 from nnunet_ssl.trainers.guidednet import CGMM_TERMS, nnUNetTrainerGuidedNet
 
 BUDGET = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
@@ -41,10 +43,11 @@ def test_kt_cps_weighs_each_direction_with_the_pseudo_labelling_network():
 # ---------------------------------------------------------------------------------------------
 
 
-def _trainer(name, tiny_3d, configuration="3d_fullres"):
+def _trainer(name, tiny_3d, configuration="3d_fullres", deep_supervision=True):
     from nnunet_ssl.runner import build_trainer
 
     t = build_trainer(tiny_3d["id"], configuration, 0, name, CPU_PLANS, "cpu", budget=BUDGET)
+    t.enable_deep_supervision = deep_supervision
     t.initialize()
     for net in t.trainable_networks().values():
         net.train()
@@ -52,12 +55,14 @@ def _trainer(name, tiny_3d, configuration="3d_fullres"):
 
 
 def _batch(t, labels):
-    """Random images, deep-supervision targets from ``labels`` (B, *patch), and an unlabeled batch."""
+    """Random images, targets from ``labels`` (B, *patch) (a deep-supervision list, or one tensor
+    (B, 1, *patch) without deep supervision, as nnU-Net's loader gives them), and an unlabeled batch."""
     g = torch.Generator().manual_seed(0)
     lab = labels[:, None].float()
     shape = lab.shape[2:]
-    target = [F.interpolate(lab, size=[round(s * f) for s, f in zip(shape, scale)], mode="nearest")
-              for scale in t._get_deep_supervision_scales()]
+    scales = t._get_deep_supervision_scales()
+    target = lab if scales is None else [
+        F.interpolate(lab, size=[round(s * f) for s, f in zip(shape, scale)], mode="nearest") for scale in scales]
     data = torch.randn((lab.shape[0], t.num_input_channels, *shape), generator=g)
     unlabeled = torch.randn((2, t.num_input_channels, *shape), generator=g)
     return data, target, unlabeled
@@ -120,17 +125,47 @@ def test_main_trainer_logs_every_term_and_its_total_is_their_weighted_sum(guided
     assert all(bool(t.trackers[f"cgmm_{s}"].seen.all()) for s in "ab")
 
 
+def _loss_rows():
+    """Loss-ablation trainers ``nnUNetTrainerGuidedNet_L<term>L<term>...`` of the module -> the CGMM terms
+    their name lists, plus L_rectify (on in every row of the paper's loss table, whose gt+self+max+cons
+    row is the full model)."""
+    rows = {}
+    for name, cls in vars(guidednet_module).items():
+        m = re.fullmatch(r"nnUNetTrainerGuidedNet_((?:L[a-z]+)+)", name)
+        if m and isinstance(cls, type):
+            rows[name] = tuple(re.findall(r"L([a-z]+)", m.group(1))) + ("rectify",)
+    return rows
+
+
+def test_loss_ablations_match_the_papers_table():
+    rows = _loss_rows()
+    assert {n[len("nnUNetTrainerGuidedNet_"):] for n in rows} == {
+        "Lgt", "LgtLself", "LgtLmax", "LgtLselfLmax", "LgtLselfLmaxLcons"}
+    for name, terms in rows.items():
+        cls = getattr(guidednet_module, name)
+        assert set(cls.cgmm_terms) == set(terms), name
+        assert cls.kt_cps is True, name
+    # the full row trains exactly as the method's own trainer
+    assert set(getattr(guidednet_module, "nnUNetTrainerGuidedNet_LgtLselfLmaxLcons").cgmm_terms) == set(
+        nnUNetTrainerGuidedNet.cgmm_terms) == set(CGMM_TERMS)
+
+
+def test_guidednet_declares_the_base_hyperparameters_it_ignores():
+    # no EMA teacher, no draw from the trainer's generator
+    assert nnUNetTrainerGuidedNet.unused_hyperparameters == ("ema_decay", "seed")
+    assert not nnUNetTrainerGuidedNet.teacher_sources
+
+
+ABLATIONS = [("nnUNetTrainerGuidedNet_NoCGMM", (), True), ("nnUNetTrainerGuidedNet_NoKT", CGMM_TERMS, False)] + [
+    (name, terms, True) for name, terms in _loss_rows().items()]
+
+
 @pytest.mark.e2e
-@pytest.mark.parametrize("name,cgmm_terms,kt", [
-    ("nnUNetTrainerGuidedNet_NoCGMM", (), True),
-    ("nnUNetTrainerGuidedNet_NoKT", CGMM_TERMS, False),
-    ("nnUNetTrainerGuidedNet_Lgt", ("gt",), True),
-    ("nnUNetTrainerGuidedNet_LgtLselfLmaxLcons", ("gt", "self", "max", "cons"), True),
-])
-def test_ablation_disables_its_terms(name, cgmm_terms, kt, tiny_3d):
+@pytest.mark.parametrize("name,cgmm_terms,kt", ABLATIONS, ids=[a[0] for a in ABLATIONS])
+def test_ablation_computes_the_terms_its_name_says(name, cgmm_terms, kt, tiny_3d):
     t = _trainer(name, tiny_3d)
     terms = t.compute_losses(*_batch(t, _labels(t)))
-    assert tuple(t.cgmm_terms) == cgmm_terms and t.kt_cps is kt
+    assert set(t.cgmm_terms) == set(cgmm_terms) and t.kt_cps is kt
     logged_cgmm = {k[len("loss_"):] for k in terms if k[len("loss_"):] in CGMM_TERMS}
     assert logged_cgmm == set(cgmm_terms)
     assert ("rect_rate" in terms) == ("rectify" in cgmm_terms)
@@ -161,6 +196,29 @@ def test_losses_stay_finite_when_classes_are_absent_from_the_labeled_batch(class
         assert terms["loss_gt"].item() == pytest.approx(0.0, abs=1e-6)
         assert terms["loss_max"].item() == 0.0
         assert terms["loss_cons"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.e2e
+def test_without_deep_supervision_the_cgmm_sees_the_whole_labeled_batch(tiny_3d):
+    # nnU-Net's target is then one tensor (B, 1, *patch): its full-resolution labels are the tensor
+    # itself, not target[0] (the first sample). Each sample here has its own labels: sample 0 is all
+    # background, sample 1 has every class, so a mixture fitted on target[0] alone would see class 0 only.
+    t = _trainer("nnUNetTrainerGuidedNet", tiny_3d, deep_supervision=False)
+    try:
+        labels = _labels(t)
+        labels[0] = 0
+        data, target, unlabeled = _batch(t, labels)
+        assert torch.is_tensor(target) and target.shape[:2] == (2, 1)
+        terms = t.compute_losses(data, target, unlabeled)
+        assert all(torch.isfinite(torch.as_tensor(v)).all() for v in terms.values())
+        k = t.label_manager.num_segmentation_heads
+        assert t.trackers["cgmm_a"].seen.tolist() == [True] * k
+        # the labeled voxels of both samples were counted: class frequencies of the whole batch
+        counts = torch.stack([(labels == c).sum() for c in range(k)]).float()
+        torch.testing.assert_close(t.trackers["cgmm_a"].prior, counts / counts.sum())
+    finally:
+        for tap in t.taps.values():
+            tap.remove()
 
 
 @pytest.mark.e2e
