@@ -182,6 +182,12 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervised):
         return {"loss": total, **terms}
 
 
+class nnUNetTrainerGuidedNet_Ensemble(nnUNetTrainerGuidedNet):
+    """GuidedNet trained as usual; inference (validation, exported weights) is the mean of the softmax
+    outputs of networks A and B instead of A alone."""
+    inference_model = ("network", "network_b")
+
+
 # ---- ablations of the paper: components (KT-CPS, 3D-CGMM) and the CGMM loss terms. In the paper's loss
 # table the row gt+self+max+cons is the full model, so L_rectify (the CGMM-rectified pseudo-labels) is on in
 # every loss row; each row's name lists the other terms it keeps.
