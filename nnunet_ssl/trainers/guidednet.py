@@ -56,7 +56,10 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervised):
     with weight 1 from step 0, when pseudo-labels are noise); CPS runs on unlabeled patches as in
     ``nnUNetTrainerCPS`` (the reference also on labeled ones); KT weights start all equal instead of
     from the labeled class histogram (the ramp-up hides the first steps). The classes absent from a
-    labeled batch are left out of that batch's mixture, so every term stays finite.
+    labeled batch are left out of that batch's mixture, so every term stays finite. The CGMM keeps
+    the paper's per-class σ but averages its log-density over the feature channels, the scale of the
+    reference's ``exp(−(mean_c |f−μ|)²)`` (a sum over channels made the posterior one-hot and L_gt's
+    gradient dwarf L_sup's; :mod:`nnunet_ssl.gmm.cgmm`).
 
     Inference network: A (``self.network``), as in ``nnUNetTrainerCPS``.
     """
