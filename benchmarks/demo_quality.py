@@ -38,13 +38,39 @@ DESCRIPTION = {
 }
 
 
-def run_demo(args, labeled: int, unlabeled: int, workdir: str) -> dict:
+def run_demo(args, labeled: int, unlabeled: int, seed: int, workdir: str) -> dict:
     cmd = ["nnunet-ssl", "demo", "--dim", str(args.dim), "--workdir", workdir, "--epochs", str(args.epochs),
            "--iters", str(args.iters), "--labeled", str(labeled), "--unlabeled", str(unlabeled),
-           "--test", str(args.test), "--seed", str(args.seed), "--trainers", *args.trainers]
+           "--test", str(args.test), "--seed", str(seed), "--trainers", *args.trainers]
     subprocess.run(cmd, check=True)
     with open(os.path.join(workdir, "demo_results.json")) as f:
         return json.load(f)
+
+
+def summarise(per_seed: dict, baseline: str) -> list:
+    """Table rows ``(trainer, {class: (mean, std)}, wins, pooled test)`` from ``{seed: demo_results}``.
+
+    ``wins``: seeds on which the trainer's mean Dice exceeds ``baseline``'s; the test pairs every
+    (seed, test case) mean Dice with the baseline's (two-sided Wilcoxon, pooled over seeds)."""
+    import numpy as np
+
+    from nnunet_ssl.evaluation.stats import paired_wilcoxon
+
+    first = next(iter(per_seed.values()))
+    classes = list(next(iter(first["dice"].values())))
+    rows = []
+    for trainer in first["dice"]:
+        stats = {c: (float(np.mean([r["dice"][trainer][c] for r in per_seed.values()])),
+                     float(np.std([r["dice"][trainer][c] for r in per_seed.values()])))
+                 for c in classes}
+        wins = sum(r["dice"][trainer]["mean"] > r["dice"][baseline]["mean"] for r in per_seed.values())
+        test = None
+        if trainer != baseline and all("per_case" in r for r in per_seed.values()):
+            pairs = [{(s, c): v for s, r in per_seed.items() for c, v in r["per_case"][t].items()}
+                     for t in (trainer, baseline)]
+            test = paired_wilcoxon(*pairs)
+        rows.append((trainer, stats, wins, test))
+    return rows
 
 
 def main() -> int:
@@ -57,41 +83,66 @@ def main() -> int:
     p.add_argument("--unlabeled", type=int, default=24, help="unlabeled cases (when --total is not given)")
     p.add_argument("--total", type=int, default=None, help="training cases in all: unlabeled = total - labeled")
     p.add_argument("--test", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0],
+                   help="data seeds: one demo dataset (and one training run per trainer) per seed")
+    p.add_argument("--baseline", default="nnUNetTrainer", help="the trainer the others are compared with")
     p.add_argument("--workdir", default=os.path.abspath("nnunet_ssl_bench_demo"))
     p.add_argument("--out", default=os.path.join(HERE, "results", "demo_quality.md"))
     args = p.parse_args()
     if args.total is not None and any(n >= args.total for n in args.labeled):
         p.error("every --labeled count must be smaller than --total")
+    if args.baseline not in args.trainers:
+        p.error(f"--baseline {args.baseline} must be one of --trainers")
 
     t0 = time.time()
-    rows = []  # (labeled, unlabeled, results)
+    groups = []  # (labeled, unlabeled, {seed: results})
     for n in args.labeled:
         unlabeled = args.total - n if args.total is not None else args.unlabeled
-        workdir = args.workdir if len(args.labeled) == 1 else f"{args.workdir}_{n}labeled"
-        rows.append((n, unlabeled, run_demo(args, n, unlabeled, workdir)))
+        per_seed = {}
+        for seed in args.seeds:
+            workdir = args.workdir + (f"_{n}labeled" if len(args.labeled) > 1 else "") + \
+                (f"_s{seed}" if len(args.seeds) > 1 else "")
+            per_seed[seed] = run_demo(args, n, unlabeled, seed, workdir)
+        groups.append((n, unlabeled, per_seed))
 
-    classes = [c for c in next(iter(rows[0][2]["dice"].values())) if c != "mean"]
-    several = len(rows) > 1
+    several = len(groups) > 1
+    k = len(args.seeds)
     from nnunet_ssl.commands.demo import KINDS
 
-    counts = "; ".join(f"{n} labeled + {u} {KINDS[args.dim].others}" for n, u, _ in rows)
+    counts = "; ".join(f"{n} labeled + {u} {KINDS[args.dim].others}" for n, u, _ in groups)
+    seeds = " ".join(map(str, args.seeds))
     lines = ["# Demo dataset: per-class test Dice at the same budget", "",
-             f"{DESCRIPTION[args.dim]}. Training cases: {counts}; {args.test} held-out test cases, data seed "
-             f"{args.seed}; every trainer {args.epochs} epochs × {args.iters} iterations, fold `all`, one training "
-             f"run each (no repeat seeds: differences of a few points are within run-to-run noise).", "",
-             "| " + ("labeled | " if several else "") + "trainer | " + " | ".join(classes) + " | mean |",
-             "|---" * (len(classes) + 2 + several) + "|"]
-    for n, u, res in rows:
+             f"{DESCRIPTION[args.dim]}. Training cases: {counts}; {args.test} held-out test cases; data seeds "
+             f"{seeds} (one dataset and one training run per trainer and seed; training itself is not seeded); "
+             f"every trainer {args.epochs} epochs × {args.iters} iterations, fold `all`. "
+             + (f"Cells: mean ± std over the {k} seeds; *wins*: seeds on which the trainer's mean Dice beats "
+                f"{args.baseline}'s; *p*: two-sided Wilcoxon signed-rank test of per-case mean Dice against "
+                f"{args.baseline}, pooled over seeds ({k} × {args.test} pairs)." if k > 1 else
+                "One run each: differences of a few points are within run-to-run noise."), ""]
+    classes = None
+    for n, u, per_seed in groups:
+        rows = summarise(per_seed, args.baseline)
+        classes = classes or list(rows[0][1])
+        if not lines[-1].startswith("|"):
+            lines += ["| " + ("labeled | " if several else "") + "trainer | " + " | ".join(classes) +
+                      (" | wins | Δ mean | p |" if k > 1 else " |"),
+                      "|---" * (len(classes) + 1 + several + (3 if k > 1 else 0)) + "|"]
         share = f"{n} ({100 * n / (n + u):.0f}%) | " if several else ""
-        for t, d in res["dice"].items():
-            lines.append(f"| {share}{t} | " + " | ".join(f"{d[c]:.3f}" for c in classes) + f" | {d['mean']:.3f} |")
+        for trainer, stats, wins, test in rows:
+            cells = " | ".join((f"{m:.3f} ± {sd:.3f}" if k > 1 else f"{m:.3f}") for m, sd in stats.values())
+            extra = ""
+            if k > 1:
+                delta = stats["mean"][0] - dict((r[0], r[1]) for r in rows)[args.baseline]["mean"][0]
+                p_text = "" if test is None else (f"{test.p_value:.3g}" if test.tested else "n/a")
+                extra = (f" | {wins}/{k} | {delta:+.3f} | {p_text}" if trainer != args.baseline else " | | | ")
+            lines.append(f"| {share}{trainer} | {cells}{extra} |")
     flags = (f"--dim {args.dim} " if args.dim != 3 else "") + f"--trainers {' '.join(args.trainers)} " \
         f"--epochs {args.epochs} --iters {args.iters} --labeled {' '.join(map(str, args.labeled))} " + \
         (f"--total {args.total} " if args.total is not None else f"--unlabeled {args.unlabeled} ") + \
-        f"--test {args.test} --seed {args.seed}"
+        f"--test {args.test} --seeds {seeds}"
     lines += ["", f"Wall time {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores. Reproduce: "
-                  f"`python benchmarks/demo_quality.py {flags}` (one `nnunet-ssl demo` per labeled count).", ""]
+                  f"`python benchmarks/demo_quality.py {flags}` (one `nnunet-ssl demo` per labeled count and seed; "
+                  f"finished demo runs are reused).", ""]
     write_report(lines, args.out)
     return 0
 

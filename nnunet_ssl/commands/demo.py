@@ -147,30 +147,33 @@ def predict_test(trainer: str, out_dir: str, kind: DemoKind = KINDS[3]) -> str:
 
 
 def dice_table(pred_dirs: dict, ref_dir: str, labels: dict) -> tuple[str, dict]:
-    """Mean per-class Dice over the test cases for each trainer, as a printable table."""
+    """Mean per-class Dice over the test cases for each trainer, as a printable table; also the results
+    ``{trainer: {class: Dice, 'mean': Dice}}`` and each case's mean Dice over classes ``{trainer: {case: Dice}}``."""
     import numpy as np
     import SimpleITK as sitk
 
     from nnunet_ssl.evaluation.metrics import overlap_metrics
 
     classes = {n: v for n, v in labels.items() if v > 0}
-    results = {}
+    results, per_case = {}, {}
     for trainer, d in pred_dirs.items():
         per_class = {n: [] for n in classes}
-        for f in sorted(os.listdir(ref_dir)):
+        files = sorted(os.listdir(ref_dir))
+        for f in files:
             ref = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(ref_dir, f)))
             pred = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(d, f)))
             for n, v in classes.items():
                 per_class[n].append(overlap_metrics(pred == v, ref == v)[0])
         results[trainer] = {n: float(np.mean(x)) for n, x in per_class.items()}
         results[trainer]["mean"] = float(np.mean(list(results[trainer].values())))
+        per_case[trainer] = {f: float(np.mean([per_class[n][i] for n in classes])) for i, f in enumerate(files)}
     cols = list(classes) + ["mean"]
     width = max(len(t) for t in pred_dirs) + 2
     lines = [f"{'trainer':<{width}}" + "".join(f"{c:>10}" for c in cols),
              "-" * (width + 10 * len(cols))]
     for t, r in results.items():
         lines.append(f"{t:<{width}}" + "".join(f"{r[c]:>10.3f}" for c in cols))
-    return "\n".join(lines), results
+    return "\n".join(lines), results, per_case
 
 
 def run(args) -> int:
@@ -208,9 +211,9 @@ def run(args) -> int:
     raw = os.path.join(nnUNet_raw.get(), kind.dataset_name)
     with open(os.path.join(raw, "dataset.json")) as f:
         labels = json.load(f)["labels"]
-    table, results = dice_table(pred_dirs, os.path.join(raw, "labelsTs"), labels)
+    table, results, per_case = dice_table(pred_dirs, os.path.join(raw, "labelsTs"), labels)
     with open(os.path.join(workdir, "demo_results.json"), "w") as f:
-        json.dump({"dice": results, "epochs": args.epochs, "iterations_per_epoch": args.iters, "dim": args.dim,
+        json.dump({"dice": results, "per_case": per_case, "epochs": args.epochs, "iterations_per_epoch": args.iters, "dim": args.dim,
                    "labeled": args.labeled, "unlabeled": args.unlabeled, "test": args.test}, f, indent=1)
     print(f"\nTest-set Dice ({args.test} held-out {kind.unit}; {args.labeled} labeled + {args.unlabeled} "
           f"{kind.others} training {kind.unit}; {args.epochs}x{args.iters} iterations each):\n")
