@@ -3,10 +3,18 @@
 :class:`EncoderTaps` captures the output of every encoder stage with forward hooks, so the
 network stays a plain nnU-Net network (hooks add no parameters and nothing to its
 ``state_dict``; the checkpoint's ``network_weights`` load into nnU-Net unchanged).
-:class:`MultiScaleProjectionHeads` (MSPH: conv → norm → LeakyReLU → global average pooling →
-MLP → L2-normalised embedding per stage) feeds the supervised contrastive loss at every scale;
+:class:`MultiScaleProjectionHeads` (MSPH: conv → BatchNorm → LeakyReLU → global average pooling →
+MLP → L2-normalised embedding per stage, as in the seed) feeds the supervised contrastive loss at every
+scale;
 :class:`ClassificationHead` predicts the multi-label category vector from the deepest features.
 The heads live in the trainer (their own ``state_dict``), not in the network.
+
+Why BatchNorm, not the InstanceNorm of nnU-Net's network: the head pools right after its norm, and
+InstanceNorm sets every channel of every image to the same mean (its bias) and variance before the
+pooling, so the pooled vectors of different images hardly differ (only through the LeakyReLU) and the
+contrastive loss cannot fall. BatchNorm normalises over the batch and keeps the differences between
+images. Under DDP the trainer converts it to SyncBatchNorm (heads are extra networks, wrapped like
+nnU-Net's network). A head's batch needs more than one value per channel (batch · spatial > 1).
 
 Typical use in a trainer::
 
@@ -83,32 +91,37 @@ def encoder_conv_op(network: nn.Module) -> Type[nn.Module]:
     return conv_op
 
 
-def _matching_instancenorm(conv_op: Type[nn.Module]) -> Type[nn.Module]:
-    from dynamic_network_architectures.building_blocks.helper import get_matching_instancenorm
+def _matching_batchnorm(conv_op: Type[nn.Module]) -> Type[nn.Module]:
+    from dynamic_network_architectures.building_blocks.helper import get_matching_batchnorm
 
-    return get_matching_instancenorm(conv_op)
+    return get_matching_batchnorm(conv_op)
 
 
 class ProjectionHead(nn.Module):
     """One scale of MSPH: ``(B, C, *spatial)`` → ``(B, proj_dim)``, rows of unit L2 norm.
 
-    conv (C → C, ``kernel_size``) → norm (InstanceNorm of the conv's dimensionality unless
-    ``norm_op`` is given) → LeakyReLU → global average pooling → Linear(C, hidden) → ReLU →
-    Linear(hidden, proj_dim) → L2 normalisation. The MLP follows SimCLR (Chen et al. 2020).
+    conv (C → C, ``kernel_size``) → norm (BatchNorm of the conv's dimensionality unless ``norm_op``
+    is given; see the module docstring for why not InstanceNorm) → LeakyReLU → global average pooling
+    (:meth:`pooled`) → Linear(C, hidden) → ReLU → Linear(hidden, proj_dim) → L2 normalisation. The MLP
+    follows SimCLR (Chen et al. 2020).
     """
 
     def __init__(self, in_channels: int, conv_op: Type[nn.Module], proj_dim: int = 64, hidden: int = 256,
                  norm_op: Optional[Type[nn.Module]] = None, kernel_size: int = 3):
         super().__init__()
-        norm_op = norm_op or _matching_instancenorm(conv_op)
+        norm_op = norm_op or _matching_batchnorm(conv_op)
         self.conv = conv_op(in_channels, in_channels, kernel_size, padding=kernel_size // 2, bias=False)
         self.norm = norm_op(in_channels, affine=True)
         self.nonlin = nn.LeakyReLU(0.01, inplace=True)
-        self.mlp = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, proj_dim))
+        self.mlp = nn.Sequential(nn.Linear(in_channels, hidden),
+                                 nn.ReLU(inplace=True), nn.Linear(hidden, proj_dim))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *spatial)`` → ``(B, C)``: the pooled features the MLP projects."""
+        return global_average_pool(self.nonlin(self.norm(self.conv(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = global_average_pool(self.nonlin(self.norm(self.conv(x))))
-        return F.normalize(self.mlp(pooled), dim=1)
+        return F.normalize(self.mlp(self.pooled(x)), dim=1)
 
 
 class MultiScaleProjectionHeads(nn.Module):
