@@ -211,3 +211,42 @@ def test_two_step_freezes_and_resumes_across_the_boundary(tiny_2d_rgb, monkeypat
     assert t3.phase == DECODER and t3.global_step == 4
     assert not any(p.requires_grad for p in encoder_module(t3.network).parameters())
     assert _same(last["encoder"], _parts(t3)["encoder"])
+
+
+
+# ---------------------------------------------------------------------------------------------- segmentation loss
+def test_segmentation_loss_dice_ce_by_default_gdl_focal_as_paper_variant(tiny_2d_rgb):
+    """L_seg is nnU-Net's own Dice + CE (its _build_loss, deep supervision) for every contrastive trainer;
+    the seed's GDL + focal only in the named *_GDLFocal variants, inside the same deep-supervision wrapper."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    from nnunet_ssl.losses.segmentation import GeneralisedDiceFocalLoss
+    from nnunet_ssl.runner import build_trainer
+
+    expected = {"nnUNetTrainerDCL": DC_and_CE_loss, "nnUNetTrainerDCLCls": DC_and_CE_loss,
+                "nnUNetTrainerDCLTwoStep": DC_and_CE_loss, "nnUNetTrainerSimCLR": DC_and_CE_loss,
+                "nnUNetTrainerDCL_GDLFocal": GeneralisedDiceFocalLoss,
+                "nnUNetTrainerDCLCls_GDLFocal": GeneralisedDiceFocalLoss}
+    weights = None
+    for name, loss_cls in expected.items():
+        t = build_trainer(TINY_2D_RGB_ID, "2d", 0, name, CPU_PLANS, "cpu", budget=BUDGET)
+        t.initialize()
+        assert isinstance(t.loss, DeepSupervisionWrapper), name
+        assert type(t.loss.loss) is loss_cls, (name, type(t.loss.loss).__name__)
+        weights = weights if weights is not None else list(t.loss.weight_factors)
+        assert list(t.loss.weight_factors) == weights, name  # nnU-Net's per-scale weights in both
+    assert {"gdl_weight", "focal_weight", "focal_gamma"} & set(t.hyperparameter_names()) == \
+        {"gdl_weight", "focal_weight", "focal_gamma"}
+
+
+def test_unused_base_hyperparameters_declared():
+    from nnunet_ssl.trainers.dcl import (nnUNetTrainerDCL, nnUNetTrainerDCLCls_GDLFocal, nnUNetTrainerDCLTwoStep,
+                                         nnUNetTrainerSimCLR)
+
+    for cls in (nnUNetTrainerDCL, nnUNetTrainerDCLTwoStep, nnUNetTrainerDCLCls_GDLFocal):
+        assert cls.unused_hyperparameters == ("consistency_weight", "rampup_fraction", "ema_decay", "seed")
+        assert not {"gdl_weight", "consistency_weight", "seed"} & set(nnUNetTrainerDCL.hyperparameter_names())
+    # SimCLR draws its second view from the trainer's generator: seed is used
+    assert nnUNetTrainerSimCLR.unused_hyperparameters == ("consistency_weight", "rampup_fraction", "ema_decay")
+    assert "seed" in nnUNetTrainerSimCLR.hyperparameter_names()
