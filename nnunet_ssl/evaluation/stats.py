@@ -50,6 +50,35 @@ def mean_over_classes(rows: Iterable[Mapping], metric: str,
     return {k: nanmean(v) for k, v in groups.items()}
 
 
+
+def presence_split(rows: Iterable[Mapping]) -> dict[str, dict[str, float]]:
+    """Per class, the mean Dice where the class is present and the false-positive rate where it is absent.
+
+    ``rows``: per-case, per-class rows with ``class``, ``dice``, ``n_pred`` and ``n_ref`` (voxels of the
+    class in the prediction and in the reference), e.g. from :func:`~nnunet_ssl.evaluation.metrics.case_metrics`;
+    rows with a ``status`` other than ``"ok"`` are left out. For each class, over its cases:
+
+    - ``dice_present``: mean Dice over the cases whose reference contains the class (``n_ref > 0``);
+    - ``false_positive_rate``: the fraction of the cases without the class in the reference
+      (``n_ref == 0``) whose prediction contains it (``n_pred > 0``);
+    - ``n_present``, ``n_absent``: the numbers of such cases (a rate over none is NaN).
+
+    The mean Dice over all cases mixes the two: an absent class scores 1 when it is not predicted
+    and 0 when it is (:mod:`~nnunet_ssl.evaluation.metrics`' empty-mask convention).
+    """
+    groups: dict[str, list[Mapping]] = {}
+    for r in rows:
+        if r.get("status", "ok") == "ok":
+            groups.setdefault(r["class"], []).append(r)
+    out = {}
+    for name, rs in groups.items():
+        present = [float(r["dice"]) for r in rs if r["n_ref"] > 0]
+        absent = [r["n_pred"] > 0 for r in rs if r["n_ref"] == 0]
+        out[name] = {"dice_present": nanmean(present), "n_present": len(present),
+                     "false_positive_rate": sum(absent) / len(absent) if absent else math.nan,
+                     "n_absent": len(absent)}
+    return out
+
 @dataclass(frozen=True)
 class WilcoxonResult:
     """A paired test of ``x`` against ``y``: ``p_value`` NaN (with ``reason``) when not testable."""

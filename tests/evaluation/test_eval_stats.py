@@ -69,3 +69,27 @@ def test_seed_averaged_pairs():
     y = {(0, "p"): 0.5, (1, "p"): 0.7, (0, "q"): 0.9, (0, "r"): 0.3}
     xa, ya = seed_averaged_pairs(x, y)
     assert xa == pytest.approx({"p": 0.7}) and ya == pytest.approx({"p": 0.6})
+
+
+def test_presence_split_hand_computed():
+    from nnunet_ssl.evaluation.stats import presence_split
+
+    rows = [  # organ: present in a, b (Dice 0.8, 0.4), absent in c (predicted: a false positive) and d (not)
+        {"case": "a", "class": "organ", "dice": 0.8, "n_pred": 10, "n_ref": 12},
+        {"case": "b", "class": "organ", "dice": 0.4, "n_pred": 3, "n_ref": 7},
+        {"case": "c", "class": "organ", "dice": 0.0, "n_pred": 5, "n_ref": 0},
+        {"case": "d", "class": "organ", "dice": 1.0, "n_pred": 0, "n_ref": 0},
+        # lesion: never present; predicted in 1 of 3 frames. A missing case is left out.
+        {"case": "a", "class": "lesion", "dice": 1.0, "n_pred": 0, "n_ref": 0},
+        {"case": "b", "class": "lesion", "dice": 0.0, "n_pred": 2, "n_ref": 0},
+        {"case": "c", "class": "lesion", "dice": 1.0, "n_pred": 0, "n_ref": 0},
+        {"case": "e", "class": "lesion", "status": "missing", "dice": math.nan, "n_pred": None, "n_ref": None},
+    ]
+    out = presence_split(rows)
+    assert list(out) == ["organ", "lesion"]
+    assert out["organ"]["dice_present"] == pytest.approx(0.6)  # (0.8 + 0.4) / 2; all-case mean would be 0.55
+    assert out["organ"]["false_positive_rate"] == 0.5 and (out["organ"]["n_present"], out["organ"]["n_absent"]) == (2, 2)
+    assert math.isnan(out["lesion"]["dice_present"]) and out["lesion"]["n_present"] == 0
+    assert out["lesion"]["false_positive_rate"] == pytest.approx(1 / 3) and out["lesion"]["n_absent"] == 3
+    always = presence_split([{"class": "x", "dice": 0.5, "n_pred": 1, "n_ref": 1}])
+    assert math.isnan(always["x"]["false_positive_rate"]) and always["x"]["n_absent"] == 0
