@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from common import write_report  # noqa: E402
@@ -52,8 +54,6 @@ def summarise(per_seed: dict, baseline: str) -> list:
 
     ``wins``: seeds on which the trainer's mean Dice exceeds ``baseline``'s; the test pairs every
     (seed, test case) mean Dice with the baseline's (two-sided Wilcoxon, pooled over seeds)."""
-    import numpy as np
-
     from nnunet_ssl.evaluation.stats import paired_wilcoxon
 
     first = next(iter(per_seed.values()))
@@ -136,6 +136,21 @@ def main() -> int:
                 p_text = "" if test is None else (f"{test.p_value:.3g}" if test.tested else "n/a")
                 extra = (f" | {wins}/{k} | {delta:+.3f} | {p_text}" if trainer != args.baseline else " | | | ")
             lines.append(f"| {share}{trainer} | {cells}{extra} |")
+    if all("presence" in r for _, _, per_seed in groups for r in per_seed.values()):
+        lines += ["", "Per class, Dice on the test cases that contain the class / false-positive rate (share of the "
+                      "cases without the class in which it is predicted), mean over seeds:", "",
+                  "| " + ("labeled | " if several else "") + "trainer | " + " | ".join(classes[:-1]) + " |",
+                  "|---" * (len(classes) + several) + "|"]
+        for n, u, per_seed in groups:
+            share = f"{n} | " if several else ""
+            for trainer in next(iter(per_seed.values()))["presence"]:
+                cells = []
+                for c in classes[:-1]:
+                    vals = [r["presence"][trainer][c] for r in per_seed.values()]
+                    dice = float(np.nanmean([v["dice_present"] for v in vals]))
+                    fpr = float(np.nanmean([v["false_positive_rate"] for v in vals]))
+                    cells.append(f"{dice:.3f} / {fpr:.2f}")
+                lines.append(f"| {share}{trainer} | " + " | ".join(cells) + " |")
     flags = (f"--dim {args.dim} " if args.dim != 3 else "") + f"--trainers {' '.join(args.trainers)} " \
         f"--epochs {args.epochs} --iters {args.iters} --labeled {' '.join(map(str, args.labeled))} " + \
         (f"--total {args.total} " if args.total is not None else f"--unlabeled {args.unlabeled} ") + \

@@ -148,22 +148,28 @@ def predict_test(trainer: str, out_dir: str, kind: DemoKind = KINDS[3]) -> str:
 
 def dice_table(pred_dirs: dict, ref_dir: str, labels: dict) -> tuple[str, dict]:
     """Mean per-class Dice over the test cases for each trainer, as a printable table; also the results
-    ``{trainer: {class: Dice, 'mean': Dice}}`` and each case's mean Dice over classes ``{trainer: {case: Dice}}``."""
+    ``{trainer: {class: Dice, 'mean': Dice}}``, each case's mean Dice over classes ``{trainer: {case: Dice}}``
+    and, per class, the Dice where it is present and the false-positive rate where it is absent
+    (:func:`~nnunet_ssl.evaluation.stats.presence_split`)."""
     import numpy as np
     import SimpleITK as sitk
 
     from nnunet_ssl.evaluation.metrics import overlap_metrics
+    from nnunet_ssl.evaluation.stats import presence_split
 
     classes = {n: v for n, v in labels.items() if v > 0}
-    results, per_case = {}, {}
+    results, per_case, presence = {}, {}, {}
     for trainer, d in pred_dirs.items():
-        per_class = {n: [] for n in classes}
+        per_class, rows = {n: [] for n in classes}, []
         files = sorted(os.listdir(ref_dir))
         for f in files:
             ref = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(ref_dir, f)))
             pred = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(d, f)))
             for n, v in classes.items():
                 per_class[n].append(overlap_metrics(pred == v, ref == v)[0])
+                rows.append({"class": n, "dice": per_class[n][-1], "n_pred": int((pred == v).sum()),
+                             "n_ref": int((ref == v).sum())})
+        presence[trainer] = presence_split(rows)
         results[trainer] = {n: float(np.mean(x)) for n, x in per_class.items()}
         results[trainer]["mean"] = float(np.mean(list(results[trainer].values())))
         per_case[trainer] = {f: float(np.mean([per_class[n][i] for n in classes])) for i, f in enumerate(files)}
@@ -173,7 +179,7 @@ def dice_table(pred_dirs: dict, ref_dir: str, labels: dict) -> tuple[str, dict]:
              "-" * (width + 10 * len(cols))]
     for t, r in results.items():
         lines.append(f"{t:<{width}}" + "".join(f"{r[c]:>10.3f}" for c in cols))
-    return "\n".join(lines), results, per_case
+    return "\n".join(lines), results, per_case, presence
 
 
 def run(args) -> int:
@@ -211,9 +217,9 @@ def run(args) -> int:
     raw = os.path.join(nnUNet_raw.get(), kind.dataset_name)
     with open(os.path.join(raw, "dataset.json")) as f:
         labels = json.load(f)["labels"]
-    table, results, per_case = dice_table(pred_dirs, os.path.join(raw, "labelsTs"), labels)
+    table, results, per_case, presence = dice_table(pred_dirs, os.path.join(raw, "labelsTs"), labels)
     with open(os.path.join(workdir, "demo_results.json"), "w") as f:
-        json.dump({"dice": results, "per_case": per_case, "epochs": args.epochs, "iterations_per_epoch": args.iters, "dim": args.dim,
+        json.dump({"dice": results, "per_case": per_case, "presence": presence, "epochs": args.epochs, "iterations_per_epoch": args.iters, "dim": args.dim,
                    "labeled": args.labeled, "unlabeled": args.unlabeled, "test": args.test}, f, indent=1)
     print(f"\nTest-set Dice ({args.test} held-out {kind.unit}; {args.labeled} labeled + {args.unlabeled} "
           f"{kind.others} training {kind.unit}; {args.epochs}x{args.iters} iterations each):\n")

@@ -43,6 +43,11 @@ def test_demo_2d_category_labels(tmp_path):
     for per_class in res["dice"].values():
         assert set(per_class) == {"organ", "vessel", "lesion", "mean"}
         assert all(0.0 <= v <= 1.0 for v in per_class.values())
+    # each case's mean Dice and, per class, Dice where present / false positives where absent
+    assert sorted(res["per_case"]["nnUNetTrainer"]) == ["case_0006.png", "case_0007.png"]
+    for presence in res["presence"].values():
+        assert set(presence) == {"organ", "vessel", "lesion"}
+        assert all(p["n_present"] + p["n_absent"] == 2 for p in presence.values())
     raw = wd / "nnUNet_raw" / "Dataset989_SSLDemo2D"
     assert len(json.load(open(raw / "categoryLabels.json"))) == 6
     pngs = sorted(f for f in os.listdir(wd / "predictions" / "nnUNetTrainerDCLCls") if f.endswith(".png"))
