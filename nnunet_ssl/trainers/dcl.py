@@ -396,10 +396,9 @@ class GDLFocalSegmentationLoss(ContrastiveSegmentationTrainer):
     def _build_loss(self):
         seg = GeneralisedDiceFocalLoss(self.gdl_weight, self.focal_weight, self.focal_gamma,
                                        ignore_index=self.label_manager.ignore_label)
-        loss = super()._build_loss()
+        loss = super()._build_loss()  # nnU-Net's wrapper carries its per-scale weights; not modified
         if isinstance(loss, DeepSupervisionWrapper):
-            loss.loss = seg
-            return loss
+            return DeepSupervisionWrapper(seg, loss.weight_factors)
         return seg
 
 

@@ -16,7 +16,6 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
 from nnunet_ssl.losses.consistency import hard_pseudo_labels
 from nnunet_ssl.losses.weighted import WeightedDiceCE, weighted_cross_entropy
@@ -113,8 +112,8 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
                                        batch_dice=self.configuration_manager.batch_dice,
                                        ignore_index=self.label_manager.ignore_label)
         # nnU-Net's own deep-supervision weights (from _build_loss), so the weighted loss mirrors self.loss
-        self.seg_loss_ds = (DeepSupervisionWrapper(self.seg_loss, self.loss.weight_factors)
-                            if isinstance(self.loss, DeepSupervisionWrapper) else None)
+        deep = self.deep_supervised(self.seg_loss)
+        self.seg_loss_ds = deep if deep is not self.seg_loss else None
 
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
