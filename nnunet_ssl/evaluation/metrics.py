@@ -112,7 +112,8 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
     try:
         from monai.metrics import get_mask_edges, get_surface_distance
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("surface metrics (NSD, HD95, ASD) need MONAI: pip install 'nnunet_ssl[eval]'") from e
+        raise ImportError("surface metrics (NSD, HD95, ASD) need MONAI, a dependency of nnunet_ssl: reinstall it "
+                          "(pip install nnunet_ssl) or pip install monai") from e
     edges_pred, edges_ref = get_mask_edges(pred, ref, crop=True)
     d_pr = get_surface_distance(edges_pred, edges_ref, distance_metric="euclidean", spacing=list(spacing))
     d_rp = get_surface_distance(edges_ref, edges_pred, distance_metric="euclidean", spacing=list(spacing))
