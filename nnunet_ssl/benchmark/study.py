@@ -19,7 +19,9 @@ seeds. A *run* is one ``(fraction, seed, trainer)``.
    fold ``all``, without nnU-Net's final validation, which on fold ``all`` would only re-predict the
    training cases), so a crash is isolated and recorded. Output: ``<run>/train.log``.
 5. **Prediction** of the test set with nnU-Net's predictor, **evaluation** with
-   :func:`~nnunet_ssl.evaluation.folders.evaluate_folders`, and the run manifest ``run.json``.
+   :func:`~nnunet_ssl.evaluation.folders.evaluate_folders`, and the run manifest ``run.json``. A test
+   case left without a prediction makes the run *failed* (its reason names the cases), never a mean
+   over fewer cases.
 6. **Report** (:func:`~nnunet_ssl.evaluation.report.build_report`) in ``<output>/report``.
 
 At 100% labeled a split has no unlabeled images. Trainers that need them
@@ -540,6 +542,7 @@ class _Executor:
         from nnunet_ssl.pipeline import predict_folder
 
         pred = run_dir / "predictions"
+        run_dir.mkdir(parents=True, exist_ok=True)  # absent when the model was trained elsewhere (commands script)
         if not all((pred / (c + self.d.file_ending)).is_file() for c in self.d.test_cases):
             say(f"predicting {len(self.d.test_cases)} test cases")
             tmp = run_dir / "predictions.partial"

@@ -2,7 +2,9 @@
 
 Labels and file ending come from a dataset's ``dataset.json`` (``-d``, looked up in nnUNet_raw,
 or ``--labels-json``). Writes ``metrics_per_case.csv`` and ``metrics_summary.json`` (see
-:mod:`nnunet_ssl.evaluation.folders`) and prints the per-class means.
+:mod:`nnunet_ssl.evaluation.folders`) and prints the per-class means. A reference case without a
+prediction stops the command (nothing written) unless ``--allow-missing``, which scores it Dice 0
+for every class and says how many cases were missing.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from nnunet_ssl.commands import arguments
 from nnunet_ssl.errors import UserError
 
 
@@ -27,8 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", default="1.0", metavar="MM",
                         help="NSD tolerance in mm: a number, or per class as JSON text or a .json file "
                              "({class name: mm}); default 1.0")
-    parser.add_argument("-np", dest="num_processes", type=int, default=None, metavar="N",
+    parser.add_argument("-np", dest="num_processes", type=arguments.count, default=None, metavar="N",
                         help="worker processes (default: nnU-Net's default_num_processes, at most the CPU count)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="evaluate even if reference cases have no prediction: each missing case scores "
+                             "Dice = IoU = NSD = 0 for every class, HD95/ASD undefined (default: refuse)")
     parser.add_argument("-o", dest="output", default=None, metavar="DIR",
                         help="where to write the CSV and JSON (default: the prediction folder)")
 
@@ -85,7 +91,7 @@ def _tolerance(text: str) -> float | dict:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from nnunet_ssl.evaluation.folders import evaluate_folders
+    from nnunet_ssl.evaluation.folders import MissingPredictions, evaluate_folders
 
     labels, ending = _labels_and_ending(args)
     file_ending = args.file_ending or ending or ".nii.gz"
@@ -93,9 +99,12 @@ def run(args: argparse.Namespace) -> int:
     if num_processes is None:
         from nnunetv2.configuration import default_num_processes
         num_processes = max(1, min(default_num_processes, os.cpu_count() or 1))
-    result = evaluate_folders(args.pred, args.ref, labels, file_ending=file_ending,
-                              tolerance_mm=_tolerance(args.tolerance), num_processes=num_processes,
-                              output_dir=args.output)
+    try:
+        result = evaluate_folders(args.pred, args.ref, labels, file_ending=file_ending,
+                                  tolerance_mm=_tolerance(args.tolerance), num_processes=num_processes,
+                                  output_dir=args.output, allow_missing=args.allow_missing)
+    except MissingPredictions as e:
+        raise UserError(f"{e}; predict them, or pass --allow-missing to count each missing case as Dice 0") from None
 
     def cell(d: dict, digits: int) -> str:
         return "-" if math.isnan(d["mean"]) else f"{d['mean']:.{digits}f}"
@@ -108,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.summary['n_evaluated']} of {result.summary['n_reference_cases']} reference cases evaluated; "
           f"per case: {result.per_case_csv}; summary: {result.summary_json}")
     if result.missing:
-        print(f"WARNING: {len(result.missing)} reference case(s) have no prediction and are counted as missing: "
-              f"{', '.join(result.missing)}")
+        print(f"{len(result.missing)} of {result.summary['n_reference_cases']} cases missing (no prediction, counted "
+              f"as Dice 0): {', '.join(result.missing)}")
     if result.unmatched:
         print(f"note: {len(result.unmatched)} prediction(s) have no reference and were not evaluated: "
               f"{', '.join(result.unmatched)}")

@@ -1,10 +1,14 @@
 """Evaluate a folder of predicted label maps against a folder of reference label maps.
 
 Files are paired by case id (the file name without ``file_ending``) and read with nnU-Net's
-reader-writers, so spacing comes from the files. Every reference case appears in the output:
-a case without a prediction gets rows with status ``"missing"`` (no metric values) and is
-listed in the summary; predictions without a reference are listed as ``unmatched`` and not
-evaluated. Metrics and the empty-mask convention: :mod:`nnunet_ssl.evaluation.metrics`.
+reader-writers, so spacing comes from the files. A reference case without a prediction is an
+error (:class:`MissingPredictions`, raised before anything is evaluated or written) unless
+``allow_missing``: then it gets rows with status ``"missing"`` that score Dice = IoU = NSD = 0 for
+every class, with HD95 and ASD undefined (NaN: left out of the means and counted as
+``n_undefined``, as for a prediction that misses a present class), so the means are over every
+reference case; the summary lists and counts the missing cases. Predictions without a reference
+are listed as ``unmatched`` and not evaluated. Metrics and the empty-mask convention:
+:mod:`nnunet_ssl.evaluation.metrics`.
 
 Outputs, in ``output_dir``: ``metrics_per_case.csv`` (one row per case and class) and
 ``metrics_summary.json`` (per class and overall mean/std/median over cases, counts).
@@ -22,14 +26,24 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_ssl.errors import UserError
-from nnunet_ssl.evaluation.metrics import (METRICS, LabelValue, case_metrics, class_tolerances,
-                                           foreground_classes)
+from nnunet_ssl.evaluation.metrics import (HIGHER_IS_BETTER, METRICS, LabelValue, case_metrics,
+                                           class_tolerances, foreground_classes)
 from nnunet_ssl.evaluation.stats import describe, mean_over_classes
 
 PER_CASE_CSV = "metrics_per_case.csv"
 SUMMARY_JSON = "metrics_summary.json"
 PER_CASE_FIELDS: tuple[str, ...] = ("case", "class", "status", *METRICS, "tolerance_mm", "n_pred", "n_ref")
 SPACING_RTOL = 1e-3
+
+
+class MissingPredictions(UserError):
+    """Reference cases without a prediction (``missing``, of ``n_reference``) in ``pred_dir``."""
+
+    def __init__(self, missing: Sequence[str], n_reference: int, pred_dir: str | os.PathLike):
+        self.missing, self.n_reference, self.pred_dir = list(missing), n_reference, pred_dir
+        shown = ", ".join(self.missing[:10]) + (f" and {len(self.missing) - 10} more" if len(self.missing) > 10 else "")
+        super().__init__(f"{len(self.missing)} of {n_reference} reference cases have no prediction in {pred_dir}: "
+                         f"{shown}")
 
 
 @dataclass
@@ -92,20 +106,23 @@ def _evaluate_case_star(args: tuple) -> list[dict]:
     return evaluate_case(*args)
 
 
+MISSING_SCORES: dict[str, float] = {m: 0.0 if HIGHER_IS_BETTER[m] else math.nan for m in METRICS}
+"""What a reference case without a prediction scores: 0 for the overlap metrics, distances undefined."""
+
+
 def missing_rows(case: str, tolerances: Mapping[str, float]) -> list[dict]:
-    """Rows of a reference case that has no prediction: status ``"missing"``, metrics NaN."""
-    return [{"case": case, "class": name, "status": "missing", **{m: math.nan for m in METRICS},
+    """Rows of a reference case that has no prediction: status ``"missing"``, :data:`MISSING_SCORES`."""
+    return [{"case": case, "class": name, "status": "missing", **MISSING_SCORES,
              "tolerance_mm": tol, "n_pred": None, "n_ref": None} for name, tol in tolerances.items()]
 
 
 def summarize(rows: Sequence[dict]) -> dict:
-    """Per class and overall :func:`~nnunet_ssl.evaluation.stats.describe` of every metric over the
-    ``"ok"`` rows. Overall: per case the mean over classes (undefined distances left out), then
-    described over cases."""
-    ok = [r for r in rows if r["status"] == "ok"]
+    """Per class and overall :func:`~nnunet_ssl.evaluation.stats.describe` of every metric over all
+    rows (missing cases with their :data:`MISSING_SCORES`). Overall: per case the mean over classes
+    (undefined distances left out), then described over cases."""
     classes = list(dict.fromkeys(r["class"] for r in rows))
-    per_class = {c: {m: describe(r[m] for r in ok if r["class"] == c) for m in METRICS} for c in classes}
-    overall = {m: describe(mean_over_classes(ok, m).values()) for m in METRICS}
+    per_class = {c: {m: describe(r[m] for r in rows if r["class"] == c) for m in METRICS} for c in classes}
+    overall = {m: describe(mean_over_classes(rows, m).values()) for m in METRICS}
     return {"per_class": per_class, "overall": overall}
 
 
@@ -132,15 +149,18 @@ def write_per_case_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
 def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, labels: Mapping[str, LabelValue],
                      file_ending: str = ".nii.gz", tolerance_mm: float | Mapping[str, float] = 1.0,
                      num_processes: int = 1, output_dir: str | os.PathLike | None = None,
-                     surface: bool = True, progress: bool | None = None) -> FolderEvaluation:
+                     surface: bool = True, progress: bool | None = None,
+                     allow_missing: bool = False) -> FolderEvaluation:
     """Evaluate every reference case of ``ref_dir`` against its prediction in ``pred_dir``.
 
     ``labels``: ``dataset.json``-style ``name -> value(s)`` (background and ``"ignore"`` are
     not evaluated; ``"ignore"`` masks voxels). ``tolerance_mm``: NSD tolerance, one number or
     ``class name -> mm``. Writes :data:`PER_CASE_CSV` and :data:`SUMMARY_JSON` into
     ``output_dir`` (default ``pred_dir``). ``progress=None`` shows a bar on a terminal only.
+    ``allow_missing``: score reference cases without a prediction as described in the module
+    docstring instead of raising :class:`MissingPredictions`.
     Raises :class:`~nnunet_ssl.errors.UserError` for a missing folder, no reference case, no
-    matching prediction, unknown labels or mismatched geometry.
+    matching prediction, a missing prediction, unknown labels or mismatched geometry.
     """
     from tqdm import tqdm
 
@@ -160,6 +180,8 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
         raise UserError(f"none of the {len(refs)} reference cases in {ref_dir} has a prediction ending in "
                         f"{file_ending!r} in {pred_dir} (cases are paired by file name)")
     missing = [c for c in refs if c not in preds]
+    if missing and not allow_missing:
+        raise MissingPredictions(missing, len(refs), pred_dir)
     unmatched = [c for c in preds if c not in refs]
 
     reader_cls = reader_class(file_ending, refs[matched[0]])
@@ -178,10 +200,11 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
     summary = {
         "pred_dir": str(pred_dir), "ref_dir": str(ref_dir), "file_ending": file_ending,
         "classes": {name: list(values) for name, values in classes.items()}, "tolerance_mm": tolerances,
-        "n_reference_cases": len(refs), "n_evaluated": len(matched),
+        "n_reference_cases": len(refs), "n_evaluated": len(matched), "n_missing": len(missing),
         "missing_predictions": missing, "unmatched_predictions": unmatched,
         "convention": "both masks empty: dice=iou=nsd=1, hd95=asd=0; exactly one empty: dice=iou=nsd=0, "
-                      "hd95=asd undefined (left out of means, counted as n_undefined)",
+                      "hd95=asd undefined (left out of means, counted as n_undefined); a reference case "
+                      "without prediction (allowed missing): dice=iou=nsd=0 for every class, hd95=asd undefined",
         **summarize(rows),
     }
     out = Path(output_dir) if output_dir is not None else Path(pred_dir)

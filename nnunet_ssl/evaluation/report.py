@@ -10,8 +10,10 @@ per run that failed or produced nothing. A run is one ``(fraction, seed, trainer
 - ``case``, ``class`` and the metric values of :data:`~nnunet_ssl.evaluation.metrics.METRICS`
   (NaN where undefined), ``reason`` (free text, for failed/missing runs).
 
-A failed run wins over any case rows of the same run. Failed and missing runs stay in the
-tables, never silently dropped.
+A failed run wins over any case rows of the same run. A run with a case row of status
+``"missing"`` (a test case without a prediction) counts as failed: its mean would otherwise be
+over fewer cases than the other runs'. Failed and missing runs stay in the tables, never silently
+dropped.
 
 How numbers are aggregated:
 
@@ -186,7 +188,6 @@ class TrainerResult:
     seeds_ok: list = field(default_factory=list)
     seeds_failed: dict = field(default_factory=dict)   # seed -> reason
     seeds_missing: dict = field(default_factory=dict)  # seed -> reason
-    missing_cases: list = field(default_factory=list)  # (seed, case)
     values: dict = field(default_factory=dict)         # (metric, class or OVERALL) -> {(seed, case): value}
 
     @property
@@ -241,11 +242,16 @@ def aggregate(records: Iterable[Mapping]) -> tuple[dict, list[str]]:
         if run["failed"] is not None:
             res.seeds_failed[seed] = run["failed"]
             continue
+        missing = list(dict.fromkeys(run["missing_cases"]))
+        if missing:
+            n_cases = len(missing) + len({r["case"] for r in run["ok"]})
+            res.seeds_failed[seed] = (f"no prediction for {len(missing)} of {n_cases} test cases: "
+                                      f"{', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
+            continue
         if not run["ok"]:
             res.seeds_missing[seed] = run["missing"] or "no case was evaluated"
             continue
         res.seeds_ok.append(seed)
-        res.missing_cases.extend((seed, c) for c in dict.fromkeys(run["missing_cases"]))
         for m in METRICS:
             for r in run["ok"]:
                 res.values.setdefault((m, r["class"]), {})[(seed, r["case"])] = r[m]
@@ -301,8 +307,6 @@ def _runs_cell(res: TrainerResult) -> str:
     parts = [f"{len(res.seeds_ok)}/{res.n_runs} ok"]
     parts += [f"seed {s} failed" for s in res.seeds_failed]
     parts += [f"seed {s} missing" for s in res.seeds_missing]
-    if res.missing_cases:
-        parts.append(f"{len(res.missing_cases)} case(s) without prediction")
     return "; ".join(parts)
 
 
@@ -365,7 +369,7 @@ def _summary_rows(results: Mapping, classes: Sequence[str], baseline: str) -> li
                                  "n_undefined": d["n_undefined"], "seed_mean": seeds["mean"],
                                  "seed_std": seeds["std"], "seeds_ok": len(res.seeds_ok),
                                  "seeds_failed": len(res.seeds_failed), "seeds_missing": len(res.seeds_missing),
-                                 "missing_cases": len(res.missing_cases), "baseline": baseline,
+                                 "baseline": baseline,
                                  "n_pairs": w.n_pairs, "mean_difference": w.mean_difference,
                                  "median_difference": w.median_difference, "wilcoxon_statistic": w.statistic,
                                  "p_value": w.p_value, "test_note": w.reason})
@@ -487,8 +491,8 @@ def build_report(results_table: Iterable[Mapping], out_dir: str | os.PathLike, b
            f"- Δ Dice and p: paired over cases (same case id, same seed, then averaged over seeds) against "
            f"`{baseline}` at the same fraction; two-sided Wilcoxon signed-rank test, not corrected for "
            "multiple comparisons. n/a says why no test was made.",
-           "- A run that failed stays in the table as \"failed\"; cases without a prediction are counted in "
-           "\"Runs\" and left out of the means.",
+           "- A run that failed stays in the table as \"failed\"; a run that left a test case without a "
+           "prediction counts as failed (its mean would be over fewer cases).",
            "- Every number: `all_metrics.csv` (per case, class and run) and `summary.csv` (aggregates, all "
            "metrics, per class, with tests).", ""]
     path = out / "report.md"

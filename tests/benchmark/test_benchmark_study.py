@@ -159,6 +159,45 @@ def test_study_errors(source, tmp_path):
         st.run_study(SOURCE_ID, tmp_path / "d", test="2", test_seed=1, write_commands=tmp_path / "d.sh", **kw)
 
 
+def test_a_missing_prediction_fails_the_run(source, tmp_path, monkeypatch):
+    """A predictor that leaves a test case out makes the run failed (named case), not a mean over fewer
+    cases; with every case predicted the same run is ok. Training is skipped: a checkpoint is faked."""
+    import shutil
+
+    import nnunet_ssl.pipeline as pipeline
+
+    left_out = []
+
+    def predict(model_dir, input_dir, output_dir, **kw):  # "predictions": the reference label maps
+        os.makedirs(output_dir, exist_ok=True)
+        refs = sorted(Path(input_dir).parent.joinpath("labelsTs").iterdir())
+        for ref in refs[: len(refs) - len(left_out)]:
+            shutil.copy(ref, Path(output_dir) / ref.name)
+        left_out[:] = [ref.name for ref in refs[len(refs) - len(left_out):]]
+        return output_dir
+
+    monkeypatch.setattr(pipeline, "predict_folder", predict)
+    ckpt = Path(pipeline.model_folder("Dataset886_BenchSrcL50pcts0", "nnUNetTrainer", TINY.plans, "3d_fullres", "all"))
+    ckpt.mkdir(parents=True)
+    (ckpt / "checkpoint_final.pth").write_bytes(b"")
+    kw = dict(fractions=["50%"], trainers=["nnUNetTrainer"], test="2", id_base=885, preset=TINY, progress=False)
+
+    left_out.append("one case")
+    res = st.run_study(SOURCE_ID, tmp_path / "study", **kw)
+    [outcome] = res.outcomes
+    missing_case = left_out[0][: -len(".nii.gz")]
+    assert outcome.status == "failed" and not outcome.trained
+    assert "1 of 2 reference cases have no prediction in " in outcome.reason and outcome.reason.endswith(missing_case)
+    manifest = json.loads((tmp_path / "study" / outcome.run.relative_dir / "run.json").read_text())
+    assert manifest["status"] == "failed" and manifest["reason"] == outcome.reason
+    assert "| **nnUNetTrainer** | 0/1 ok; seed 0 failed | failed |" in res.report.read_text()
+
+    left_out.clear()
+    res = st.run_study(SOURCE_ID, tmp_path / "study", retry_failed=True, **kw)
+    assert [o.status for o in res.outcomes] == ["ok"]
+    assert "| **nnUNetTrainer** | 1/1 ok | 1.000 ± 0.000 |" in res.report.read_text()
+
+
 # ------------------------------------------------------------------------------------- end to end
 @pytest.mark.e2e
 def test_study_end_to_end(source, tmp_path):

@@ -29,7 +29,7 @@ def fabricate(root):
     """Baseline: Dice a = 0.5, b = 0.7 (per-case mean 0.6). Mean Teacher: a = 0.6 + 0.04 i, b = 0.7
     (per-case mean 0.65 + 0.02 i, mean 0.70, differences to the baseline all positive and distinct).
     Broken: at 10 % seed 0 failed, seed 1 ok; at 50 % both seeds failed. Mean Teacher at 50 %,
-    seed 1 has no prediction for c5."""
+    seed 1 has no prediction for c5 (which makes that run a failed one)."""
     def run(trainer, fraction, seed, rows=None, reason=""):
         d = root / trainer / f"fraction_{fraction}" / f"seed_{seed}"
         if rows is None:
@@ -61,9 +61,12 @@ def test_collect_and_aggregate(tmp_path):
     bad10, bad50, mt50 = results[0.1][BAD], results[0.5][BAD], results[0.5][MT]
     assert bad10.seeds_ok == [1] and bad10.seeds_failed == {0: "CUDA out of memory"} and bad10.ok
     assert not bad50.ok and sorted(bad50.seeds_failed) == [0, 1]
-    assert mt50.missing_cases == [(1, "c5")] and mt50.seeds_missing == {2: "no run.json manifest"}
-    # per case averaged over seeds; c5 only from seed 0
+    # a run with a case without prediction is a failed run, not averaged over its other cases
+    assert mt50.seeds_ok == [0] and mt50.seeds_failed == {1: "no prediction for 1 of 6 test cases: c5"}
+    assert mt50.seeds_missing == {2: "no run.json manifest"}
+    # per case averaged over the successful seeds: only seed 0 here
     assert mt50.case_values("dice")["c5"] == pytest.approx(0.75)
+    assert mt50.seed_means("dice") == {0: pytest.approx(0.70)}   # seed 1 is not averaged over its 5 cases
     assert results[0.1][MT].describe("dice")["mean"] == pytest.approx(0.70)
     assert results[0.1][BASE].describe("dice", "a") == pytest.approx(
         {"mean": 0.5, "std": 0.0, "median": 0.5, "n": 6, "n_undefined": 0})
@@ -113,7 +116,8 @@ def test_build_report(tmp_path):
     bad50 = table_row("50%", BAD)
     assert bad50.count("| failed") == 7   # 5 metric columns, Δ and p
     assert "0/2 ok; seed 0 failed; seed 1 failed" in bad50
-    assert "1 case(s) without prediction" in table_row("50%", MT)
+    assert "1/2 ok; seed 1 failed" in table_row("50%", MT)
+    assert "- nnUNetTrainerMeanTeacher, seed 1: no prediction for 1 of 6 test cases: c5" in md
     assert "- nnUNetTrainerBroken, seed 0: CUDA out of memory" in md
 
     records = read_records_csv(out / "all_metrics.csv")
