@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from nnunet_ssl.commands import arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nnunet_ssl.benchmark.presets import PRESETS
@@ -24,11 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="study folder (study.json, runs, report); rerun with the same folder to continue")
     parser.add_argument("--fractions", nargs="+", default=list(DEFAULT_FRACTIONS), metavar="F",
                         help="labeled fractions of the training pool, e.g. 5%% 10%% 20%% 100%% (default) or 0.1")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S", help="split seeds (default: 0)")
+    parser.add_argument("--seeds", nargs="+", type=arguments.seed, default=[0], metavar="S",
+                        help="split seeds (default: 0)")
     parser.add_argument("-tr", "--trainers", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerMeanTeacher"],
                         metavar="TRAINER", help="trainer class names (default: nnUNetTrainer nnUNetTrainerMeanTeacher)")
     parser.add_argument("--test", default="20%", help="held-out test cases (groups): count or %% (default 20%%)")
-    parser.add_argument("--test-seed", type=int, default=0, help="seed of the test-set choice (default 0)")
+    parser.add_argument("--test-seed", type=arguments.seed, default=0, help="seed of the test-set choice (default 0)")
     parser.add_argument("-c", dest="configuration", default="3d_fullres", help="configuration (default 3d_fullres)")
     parser.add_argument("--group-regex", default=None,
                         help=r"keep cases of one group (patient) together, e.g. '(patient\d+)'")
@@ -36,13 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dataset id of the test split; the split datasets take the next ids (default 600)")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
                         help="; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()))
-    parser.add_argument("--epochs", type=int, default=None, help="override the preset's number of epochs")
-    parser.add_argument("--iters", type=int, default=None, help="override the preset's iterations per epoch")
+    parser.add_argument("--epochs", type=arguments.count, default=None, help="override the preset's number of epochs")
+    parser.add_argument("--iters", type=arguments.count, default=None,
+                        help="override the preset's iterations per epoch")
     parser.add_argument("-device", default=None, choices=["cpu", "cuda", "mps"],
                         help="default: the preset's, else cuda when available")
-    parser.add_argument("-np", dest="num_processes", type=int, default=None,
+    parser.add_argument("-np", dest="num_processes", type=arguments.count, default=None,
                         help="processes for preprocessing, prediction and evaluation (default: the preset's)")
-    parser.add_argument("--tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1.0)")
+    parser.add_argument("--tolerance", type=arguments.millimetres, default=1.0,
+                        help="NSD tolerance in mm (default 1.0)")
     parser.add_argument("--baseline", default=None,
                         help="reference trainer of the report (default: nnUNetTrainer if listed, else the first)")
     parser.add_argument("--retry-failed", action="store_true", help="run failed runs again (default: keep them)")

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from nnunet_ssl.commands import arguments
 from nnunet_ssl.errors import UserError
 from nnunet_ssl.planners.shrink import CPU_PRESETS
 from nnunet_ssl.utils.files import write_json_atomic
@@ -66,12 +67,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--trainers", nargs="+", default=None,
                         help="trainers to compare (default: nnUNetTrainer nnUNetTrainerMeanTeacher; with --dim 2 "
                              "nnUNetTrainer nnUNetTrainerDCLCls)")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs per trainer (default 20)")
-    parser.add_argument("--iters", type=int, default=25, help="iterations per epoch (default 25)")
-    parser.add_argument("--labeled", type=int, default=4, help="labeled training cases (default 4)")
-    parser.add_argument("--unlabeled", type=int, default=24, help="unlabeled cases (default 24)")
-    parser.add_argument("--test", type=int, default=8, help="held-out test cases (default 8)")
-    parser.add_argument("--seed", type=int, default=0)
+    # every count is at least 1, checked by argparse before the workdir is touched
+    parser.add_argument("--epochs", type=arguments.count, default=20, help="epochs per trainer (default 20)")
+    parser.add_argument("--iters", type=arguments.count, default=25, help="iterations per epoch (default 25)")
+    parser.add_argument("--labeled", type=arguments.count, default=4, help="labeled training cases (default 4)")
+    parser.add_argument("--unlabeled", type=arguments.count, default=24,
+                        help="unlabeled (with --dim 2: category-labeled) training cases (default 24)")
+    parser.add_argument("--test", type=arguments.count, default=8, help="held-out test cases (default 8)")
+    parser.add_argument("--seed", type=arguments.seed, default=0, help="seed of the generated data (default 0)")
 
 
 def _set_paths(workdir: str) -> None:

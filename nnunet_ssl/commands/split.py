@@ -1,5 +1,11 @@
-"""``nnunet-ssl split``: a semi-supervised raw dataset from a fully labeled one."""
+"""``nnunet-ssl split``: a semi-supervised raw dataset from a fully labeled one.
+
+``--labeled 100%`` (or every case) is allowed: it makes a fully labeled copy (minus ``--test``), the
+supervised reference the benchmark uses; its next step then has no unlabeled preprocessing.
+"""
 from __future__ import annotations
+
+from nnunet_ssl.commands import arguments
 
 
 def add_arguments(parser) -> None:
@@ -8,7 +14,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--id", dest="target_id", type=int, required=True, help="id of the new dataset")
     parser.add_argument("--name", default=None,
                         help="name of the new dataset (default: <source name>L<labeled>s<seed>)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random choice (default 0)")
+    parser.add_argument("--seed", type=arguments.seed, default=0, help="seed of the random choice (default 0)")
     parser.add_argument("--test", default="0", help="held-out test cases (imagesTs/labelsTs): count or %% (default 0)")
     parser.add_argument("--group-regex", default=None,
                         help=r"keep cases of one group together, group = first regex group, e.g. '(patient\d+)'")
@@ -44,6 +50,11 @@ def run(args) -> int:
                         args.group_regex)
     print(f"{target}: {len(record['labeled'])} labeled, {len(record['unlabeled'])} unlabeled, "
           f"{len(record['test'])} test cases -> {os.path.join(raw_dataset_folder(target))}")
-    print(f"next: nnUNetv2_plan_and_preprocess -d {args.target_id} && "
-          f"nnunet-ssl preprocess-unlabeled -d {args.target_id} -c 3d_fullres")
+    if record["unlabeled"]:
+        print(f"next: nnUNetv2_plan_and_preprocess -d {args.target_id} && "
+              f"nnunet-ssl preprocess-unlabeled -d {args.target_id} -c 3d_fullres")
+    else:
+        print(f"next: nnUNetv2_plan_and_preprocess -d {args.target_id} (every case is labeled: for supervised "
+              f"trainers such as nnUNetTrainer; semi-supervised trainers need unlabeled cases, i.e. a smaller "
+              f"--labeled)")
     return 0

@@ -27,20 +27,24 @@ RECORD_FILE = "nnunet_ssl_split.json"
 
 
 def parse_amount(text: Union[str, int, float], total: int, what: str) -> int:
-    """``"10%"`` -> round(0.1·total) (at least 1 when the fraction is > 0); ``"7"`` -> 7."""
+    """``"10%"`` -> round(0.1·total) (at least 1 when the fraction is > 0); ``"7"`` -> 7.
+
+    Raises :class:`UserError` (one sentence naming ``what``) for text that is neither, a negative
+    count or a percentage outside 0%-100%.
+    """
     s = str(text).strip()
     try:
         if s.endswith("%"):
             frac = float(s[:-1]) / 100.0
             if not 0 <= frac <= 1:
-                raise ValueError
+                raise UserError(f"{what} must be a percentage from 0% to 100%, got {text!r}")
             n = int(round(frac * total))
             return max(n, 1) if frac > 0 else 0
         n = int(s)
     except ValueError:
         raise UserError(f"{what} must be a count like 7 or a percentage like 10%, got {text!r}") from None
     if n < 0:
-        raise UserError(f"{what} must be >= 0, got {n}")
+        raise UserError(f"{what} must not be negative, got {str(text)!r}")
     return n
 
 
@@ -67,7 +71,7 @@ def choose_split(cases: Sequence[str], labeled: Union[str, int], test: Union[str
     n_test = parse_amount(test, len(keys), "--test")
     n_lab = parse_amount(labeled, len(keys), "--labeled")
     if n_lab < 1:
-        raise UserError("--labeled must select at least one case")
+        raise UserError(f"--labeled must select at least one case, got {str(labeled)!r}")
     if n_lab + n_test > len(keys):
         unit = "groups" if group_regex else "cases"
         raise UserError(f"--labeled ({n_lab}) plus --test ({n_test}) exceed the {len(keys)} {unit} of the dataset")
