@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 
+from nnunet_ssl.commands import arguments
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("dataset", help="dataset id or name")
     parser.add_argument("configuration", help="e.g. 3d_fullres, 2d")
@@ -9,10 +12,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("-tr", dest="trainer", default="nnUNetTrainer")
     parser.add_argument("-p", dest="plans", default="nnUNetPlans")
     parser.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"])
-    parser.add_argument("--epochs", type=int, default=None, help="num_epochs (default: the trainer's)")
-    parser.add_argument("--iters", type=int, default=None, help="iterations per epoch (default: the trainer's)")
-    parser.add_argument("--val-iters", type=int, default=None, help="validation iterations per epoch")
-    parser.add_argument("--save-every", type=int, default=None, help="write checkpoint_latest every N epochs")
+    parser.add_argument("--epochs", type=arguments.count, default=None, help="num_epochs (default: the trainer's)")
+    parser.add_argument("--iters", type=arguments.count, default=None, help="iterations per epoch (default: the trainer's)")
+    parser.add_argument("--val-iters", type=arguments.count, default=None, help="validation iterations per epoch")
+    parser.add_argument("--save-every", type=arguments.count, default=None, help="write checkpoint_latest every N epochs")
     parser.add_argument("--c", dest="continue_training", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--no-val", action="store_true", help="skip nnU-Net's final validation")
 

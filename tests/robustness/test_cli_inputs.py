@@ -42,6 +42,9 @@ Inputs tried and the sentence the user now gets (``<prog>: error: ...``):
   - ``--seeds -1`` / ``--test-seed -1``: ``... must be a whole number from 0 to 4294967295, got '-1'``;
   - ``--epochs 0`` / ``--iters 0`` / ``-np 0``: ``... must be a whole number >= 1, got '0'``;
   - ``--tolerance -1``: ``argument --tolerance: must be a finite number of mm >= 0, got '-1'``.
+
+``nnunet-ssl train`` (no trainer is built)
+  - ``--epochs 0`` / ``--iters 0`` / ``--val-iters 0`` / ``--save-every 0``: ``... must be a whole number >= 1, got '0'``.
 """
 import json
 import os
@@ -246,3 +249,9 @@ def test_benchmark_refuses_bad_numbers_before_creating_the_study(bad, message, t
     line = refused(["benchmark", "-d", str(source), "-o", str(study), "--preset", "cpu-quick", *bad], capsys)
     assert line == f"nnunet-ssl benchmark: error: {message}"
     assert not study.exists()
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--iters", "--val-iters", "--save-every"])
+def test_train_refuses_a_budget_below_one_before_building_a_trainer(flag, capsys):
+    line = refused(["train", "1", "3d_fullres", "0", flag, "0"], capsys)
+    assert line == f"nnunet-ssl train: error: argument {flag}: must be a whole number >= 1, got '0'"
