@@ -435,9 +435,9 @@ def prepare_unlabeled_for_training(dataset_name: str, configuration: str, plans_
     Raises :class:`UserError` when no valid case remains, or when stale cases cannot be redone because
     ``imagesUnlabeled`` is missing.
     """
-    setup = _setup(dataset_name, configuration, plans_identifier)
     from nnunetv2.paths import nnUNet_raw
 
+    setup = _setup(dataset_name, configuration, plans_identifier)
     raw = os.path.join(nnUNet_raw.get(), setup.dataset_name) if nnUNet_raw.is_set() else None
     raw_images = os.path.join(raw, UNLABELED_FOLDER) if raw else f"nnUNet_raw/{setup.dataset_name}/{UNLABELED_FOLDER}"
     failed: Dict[str, str] = {}
