@@ -220,26 +220,20 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
 
     # ------------------------------------------------------------------ unlabeled data
     def ensure_unlabeled_preprocessed(self) -> List[str]:
-        """Preprocess new raw unlabeled cases (rank 0; idempotent) and return the case ids."""
-        raw = os.path.join(nnUNet_raw.get() or "", self.plans_manager.dataset_name)
-        has_raw = nnUNet_raw.is_set() and os.path.isdir(os.path.join(raw, UNLABELED_FOLDER))
-        if has_raw:
-            if self.local_rank == 0:
-                todo = set(find_unlabeled_cases(raw, self.dataset_json)) - set(unlabeled_case_ids(self.unlabeled_folder))
-                if todo:
-                    self.print_to_log_file(f"Preprocessing {len(todo)} unlabeled case(s) into {self.unlabeled_folder}")
-                    preprocess_unlabeled(self.plans_manager.dataset_name, self.configuration_name,
-                                         self.plans_manager.plans_name,
-                                         num_processes=max(1, get_allowed_n_proc_DA() // 2))
-            if self.is_ddp:
-                dist.barrier()
-        cases = unlabeled_case_ids(self.unlabeled_folder)
-        if not cases:
-            raise UserError(f"{type(self).__name__} needs unlabeled images, but {raw}/{UNLABELED_FOLDER} does not "
-                            f"exist and {self.unlabeled_folder} holds no preprocessed cases. Put unlabeled images "
-                            f"in imagesUnlabeled/ (named like imagesTr) or create a semi-supervised dataset with "
-                            f"'nnunet-ssl split'")
-        return cases
+        """Check the unlabeled folder against the current plans at every start and return the valid case
+        ids: rank 0 preprocesses new raw cases and redoes stale ones (made with other plans), bad cases are
+        logged and left out; the other ranks read the folder after rank 0 is done."""
+        from nnunet_ssl.data.unlabeled import prepare_unlabeled_for_training
+
+        kwargs = dict(dataset_name=self.plans_manager.dataset_name, configuration=self.configuration_name,
+                      plans_identifier=self.plans_manager.plans_name, log=self.print_to_log_file,
+                      needed_by=type(self).__name__)
+        cases = None
+        if self.local_rank == 0:
+            cases = prepare_unlabeled_for_training(num_processes=max(1, get_allowed_n_proc_DA() // 2), **kwargs)
+        if self.is_ddp:
+            dist.barrier()
+        return cases if cases is not None else prepare_unlabeled_for_training(preprocess=False, **kwargs)
 
     def get_unlabeled_dataloader(self, cases: Sequence[str]):
         rotation, do_dummy_2d, initial_patch_size, mirror_axes = \
