@@ -7,14 +7,13 @@ from typing import Tuple
 
 import torch
 
-from nnunet_ssl.losses.consistency import hard_pseudo_labels
+from nnunet_ssl.losses.consistency import hard_pseudo_labels, masked_probability_mse
 from nnunet_ssl.losses.weighted import WeightedDiceCE
 from nnunet_ssl.mixing.masks import box_mask
 from nnunet_ssl.mixing.mixes import HYBRID_CROP_BETA, hybrid_crop, mix
 from nnunet_ssl.networks.ensemble import mean_softmax_logits
 from nnunet_ssl.teachers.ema import ema_decay, ema_update_
 from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised, split_output
-from nnunet_ssl.trainers.uamt import masked_probability_mse
 from nnunet_ssl.utils.modules import full_resolution
 
 

@@ -3,14 +3,13 @@ Semi-supervised 3D Left Atrium Segmentation", MICCAI 2019) as an nnU-Net trainer
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
+from nnunet_ssl.losses.consistency import masked_probability_mse
 from nnunet_ssl.schedules import sigmoid_rampup
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
 from nnunet_ssl.trainers.semisupervised import split_output
-from nnunet_ssl.utils.distributed import all_reduce_sum, world_size
 from nnunet_ssl.utils.modules import full_resolution
 
 
@@ -27,31 +26,6 @@ def uncertainty_threshold(step: int, rampup_length: int, num_classes: int, start
     if num_classes < 2:
         raise ValueError(f"the uncertainty threshold needs >= 2 classes, got {num_classes}")
     return (start + (1.0 - start) * sigmoid_rampup(step, rampup_length)) * math.log(num_classes)
-
-
-def masked_probability_mse(student_logits: torch.Tensor, target_probs: torch.Tensor,
-                           mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``Σ_j m_j Σ_c (softmax(s)_jc − q_jc)² / (C · Σ_j m_j)``: the squared error of probabilities
-    averaged over classes and the voxels ``j`` the mask keeps (UA-MT's consistency; co-learning's
-    MSE to soft targets with ``mask=None``, the plain mean).
-
-    ``student_logits``, ``target_probs`` (detached): ``(B, C, *spatial)``; ``mask``: ``(B, *spatial)``
-    or ``(B, 1, *spatial)`` in [0, 1]. ``Σ m`` is all-reduced over DDP ranks and divided by their
-    number, so gradients averaged by DDP equal the global masked mean. An empty mask gives 0.
-    """
-    if student_logits.shape != target_probs.shape:
-        raise ValueError(f"student logits and target probabilities differ in shape: {tuple(student_logits.shape)} "
-                         f"vs {tuple(target_probs.shape)}")
-    sq = (torch.softmax(student_logits.float(), 1) - target_probs.detach().float()) ** 2
-    if mask is None:
-        return sq.mean()
-    m = mask.detach().float()
-    m = m if m.ndim == sq.ndim else m.unsqueeze(1)
-    if m.shape[0] != sq.shape[0] or m.shape[1] != 1 or m.shape[2:] != sq.shape[2:]:
-        raise ValueError(f"mask must be (B, *spatial) or (B, 1, *spatial) = {(sq.shape[0], 1, *sq.shape[2:])}, "
-                         f"got {tuple(mask.shape)}")
-    den = all_reduce_sum(m.sum()) / world_size() * sq.shape[1]
-    return (sq * m).sum() / den if den > 0 else sq.sum() * 0.0
 
 
 class nnUNetTrainerUAMT(nnUNetTrainerMeanTeacher):

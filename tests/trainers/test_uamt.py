@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
-from nnunet_ssl.trainers.uamt import (masked_probability_mse, nnUNetTrainerUAMT, predictive_entropy,
-                                      uncertainty_threshold)
+from nnunet_ssl.losses.consistency import masked_probability_mse
+from nnunet_ssl.trainers.uamt import nnUNetTrainerUAMT, predictive_entropy, uncertainty_threshold
 
 
 def test_predictive_entropy_hand_computed():
