@@ -16,6 +16,7 @@ A method subclass declares its networks/teachers and implements :meth:`compute_l
 """
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -45,6 +46,14 @@ from nnunet_ssl.utils.modules import set_deep_supervision, unwrap
 
 CHECKPOINT_KEY = "nnunet_ssl"
 
+ENTRY_POINTS = ("__init__", "initialize", "load_checkpoint", "on_train_start", "run_training",
+                "perform_actual_validation")
+"""The trainer methods nnU-Net calls (nnunetv2/run/run_training.py: ``get_trainer_from_args``,
+``maybe_load_checkpoint``, ``run_training``, ``perform_actual_validation``; ``on_train_start`` is the
+first hook of ``run_training``). Every definition of them, in the base and in every subclass, is
+wrapped by :func:`exit_on_user_error`, so a UserError raised anywhere inside, also in an override
+before it calls ``super()``, reaches the user as one line."""
+
 
 def split_output(output, n: int):
     """Split a (deep-supervised) network output along the batch: first ``n`` samples, rest."""
@@ -57,6 +66,30 @@ def _to_numpy(v):
     if isinstance(v, torch.Tensor):
         v = v.detach().float().cpu().numpy()
     return np.asarray(v, dtype=np.float64)
+
+
+def exit_on_user_error(method):
+    """``method`` with a :class:`UserError` turned into ``SystemExit("nnunet_ssl: error: <message>")``:
+    Python prints that one line, no traceback, and exits with code 1 (in-process callers can catch the
+    SystemExit; the UserError is its ``__cause__``). The one place where trainers convert UserErrors."""
+    if getattr(method, "exits_on_user_error", False):
+        return method
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except UserError as e:
+            raise SystemExit(f"nnunet_ssl: error: {e}") from e
+
+    wrapper.exits_on_user_error = True
+    return wrapper
+
+
+def _wrap_entry_points(cls, inherited: bool = False) -> None:
+    for name in ENTRY_POINTS:
+        if name in cls.__dict__ or inherited:
+            setattr(cls, name, exit_on_user_error(getattr(cls, name)))
 
 
 class nnUNetTrainerSemiSupervised(nnUNetTrainer):
@@ -104,6 +137,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
             # nnU-Net's predictor builds the inference network from the class: make it the ensemble
             cls.build_network_architecture = staticmethod(ensemble_builder(cls.build_network_architecture,
                                                                            len(cls.inference_model)))
+        _wrap_entry_points(cls)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -115,7 +149,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
             self.applied_overrides = apply_overrides(self, self.hyperparameter_names() + list(NNUNET_BUDGET_KEYS),
                                                      read_overrides())
         except ValueError as e:
-            raise SystemExit(f"nnunet_ssl: error: {e}") from None
+            raise UserError(str(e)) from None
         self.unlabeled_folder = (unlabeled_preprocessed_folder(self.preprocessed_dataset_folder_base,
                                                                self.configuration_manager.data_identifier)
                                  if self.preprocessed_dataset_folder_base is not None else None)
@@ -260,10 +294,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
 
     # ------------------------------------------------------------------ training
     def on_train_start(self):
-        try:
-            self._unlabeled_cases = self.ensure_unlabeled_preprocessed() if self.requires_unlabeled else []
-        except UserError as e:
-            raise SystemExit(f"nnunet_ssl: error: {e}") from None
+        self._unlabeled_cases = self.ensure_unlabeled_preprocessed() if self.requires_unlabeled else []
         super().on_train_start()
         self.print_to_log_file(f"nnunet_ssl {type(self).__name__} hyper-parameters: {self.hyperparameters()}")
         if self.applied_overrides:
@@ -520,3 +551,6 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
             self.print_to_log_file(f"optimizer state not restored ({e}); starting with a fresh optimizer")
         if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+
+
+_wrap_entry_points(nnUNetTrainerSemiSupervised, inherited=True)
