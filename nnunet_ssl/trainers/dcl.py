@@ -171,15 +171,6 @@ class ContrastiveSegmentationTrainer(nnUNetTrainerSemiSupervised):
         super().initialize()
         self.encoder_taps = EncoderTaps(self.network)  # before the first forward (torch.compile)
 
-    def check_plain_labels(self) -> None:
-        if self.label_manager.has_regions:
-            raise SystemExit(f"nnunet_ssl: error: {type(self).__name__} needs plain class labels, but dataset.json "
-                             f"defines regions; use a trainer without category-level supervision")
-
-    def on_train_start(self):
-        self.check_plain_labels()
-        super().on_train_start()
-
     def project(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Embeddings ``[(N, proj_dim)]`` of the encoder stage outputs (all, or the deepest)."""
         return self.extra_networks[PROJECTION](list(features) if self.multiscale else list(features[-1:]))
@@ -221,12 +212,10 @@ class nnUNetTrainerDCL(ContrastiveSegmentationTrainer):
         return labels
 
     def on_train_start(self):
-        self.check_plain_labels()
         try:
             self.category_labels = self.load_category_labels()
         except UserError as e:
-            raise SystemExit(f"nnunet_ssl: error: {type(self).__name__} trains on image-level category labels; "
-                             f"{e}") from None
+            raise UserError(f"{type(self).__name__} trains on image-level category labels; {e}") from None
         super().on_train_start()
         missing = sorted(set(self._unlabeled_cases) - set(self.category_labels))
         self.print_to_log_file(f"category labels: {len(self.category_labels)} images, "
@@ -315,7 +304,7 @@ class nnUNetTrainerDCLTwoStep(nnUNetTrainerDCLCls):
 
     def on_train_start(self):
         if not 0 < self.pretrain_fraction < 1:
-            raise SystemExit(f"nnunet_ssl: error: pretrain_fraction must be in (0, 1), got {self.pretrain_fraction}")
+            raise UserError(f"pretrain_fraction must be in (0, 1), got {self.pretrain_fraction}")
         super().on_train_start()
         self.enter_phase(self.phase or PRETRAIN)
 

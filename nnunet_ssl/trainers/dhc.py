@@ -104,9 +104,6 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
                                                               **self.tracker_kwargs(kind))
 
     def initialize(self):
-        if self.label_manager.has_regions:
-            raise ValueError(f"{type(self).__name__} weighs classes of a label map, but dataset.json defines "
-                             f"regions; use a dataset with plain integer labels")
         super().initialize()
         self.seg_loss = WeightedDiceCE(ce_weight=self.seg_ce_weight, dice_weight=1.0,
                                        batch_dice=self.configuration_manager.batch_dice,

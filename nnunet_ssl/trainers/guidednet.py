@@ -97,9 +97,6 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervised):
         unknown = sorted(set(self.cgmm_terms) - set(CGMM_TERMS))
         if unknown:
             raise ValueError(f"cgmm_terms must be a subset of {CGMM_TERMS}, got unknown {unknown}")
-        if self.label_manager.has_regions:
-            raise ValueError(f"{type(self).__name__} needs one label per voxel (classes), but the dataset is "
-                             f"region-based (dataset.json 'regions_class_order'); use a label-based dataset")
         super().initialize()
         # taps before the first forward (torch.compile traces the hooks then); no extra pass needed
         nets = self.trainable_networks()

@@ -32,6 +32,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ssl.data import stream
 from nnunet_ssl.data.unlabeled import (UNLABELED_FOLDER, find_unlabeled_cases, preprocess_unlabeled,
@@ -92,6 +93,17 @@ def _wrap_entry_points(cls, inherited: bool = False) -> None:
             setattr(cls, name, exit_on_user_error(getattr(cls, name)))
 
 
+def refuse_regions(trainer_name: str, plans: dict, dataset_json: dict) -> None:
+    """UserError if ``dataset_json`` defines regions (nnU-Net's ``label_manager.has_regions``: overlapping
+    sigmoid outputs instead of one softmax over classes)."""
+    if PlansManager(plans).get_label_manager(dataset_json).has_regions:
+        names = ", ".join(k for k, v in dataset_json["labels"].items() if v != 0)
+        raise UserError(f"{trainer_name} trains on one class label per voxel and does not support region-based "
+                        f"datasets, but {plans.get('dataset_name', 'the dataset')} defines the regions {names} in "
+                        f"its dataset.json; train this dataset with nnUNetTrainer, or convert its labels to plain "
+                        f"classes")
+
+
 class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     """Base class: labeled stream (nnU-Net's) + unlabeled stream, extra networks, teachers, trackers.
 
@@ -112,6 +124,10 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
 
     # ---- structure (set by subclasses; not per-run settings)
     requires_unlabeled: bool = True
+    supports_regions: bool = False
+    """Whether the method is correct on region-based datasets (dataset.json regions: overlapping sigmoid
+    outputs). The shipped methods treat the output as one softmax over classes (argmax pseudo-labels,
+    softmax consistency, class weights), so they refuse such datasets before anything is created."""
     extra_network_names: Tuple[str, ...] = ()
     """Trainable networks besides ``self.network`` (built like it, trained by the same optimizer)."""
     teacher_sources: Dict[str, str] = {}
@@ -128,7 +144,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     in units of one labeled batch (nnUNetTrainer: 1 and 1)."""
 
     STRUCTURAL = ("requires_unlabeled", "extra_network_names", "teacher_sources", "inference_model", "cost_model",
-                  "requires_category_labels", "e2e_configurations", "unused_hyperparameters")
+                  "requires_category_labels", "e2e_configurations", "unused_hyperparameters", "supports_regions")
     """Annotated class attributes that describe the method's structure, not per-run settings."""
 
     def __init_subclass__(cls, **kwargs):
@@ -141,6 +157,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        if not self.supports_regions:  # before nnU-Net creates the output folder
+            refuse_regions(type(self).__name__, plans, dataset_json)
         member_builder = getattr(type(self).build_network_architecture, "member_builder", None)
         if member_builder is not None:  # ensemble inference: training still builds one network at a time
             self.build_network_architecture = member_builder

@@ -3,6 +3,12 @@
 Every refusal is one line on stderr, ``nnunet_ssl: error: <sentence>``, and a non-zero exit code
 (in-process: ``SystemExit`` with that text), raised before anything is trained or written.
 
+- **Region-based dataset** (dataset.json labels ``{"background": 0, "whole": [1, 2, 3], "core": [2, 3],
+  "lesion": 3}``, ``regions_class_order``): every shipped trainer refuses, in ``__init__``, before the
+  output folder exists:
+  ``nnunet_ssl: error: nnUNetTrainerCPS trains on one class label per voxel and does not support
+  region-based datasets, but Dataset975_SSLRegions defines the regions whole, core, lesion in its
+  dataset.json; train this dataset with nnUNetTrainer, or convert its labels to plain classes``.
 - **``UserError`` anywhere in a trainer entry point nnU-Net calls** (``__init__``, ``initialize``,
   ``load_checkpoint``, ``on_train_start``, ``run_training``, ``perform_actual_validation``, also from a
   subclass override that raises before calling ``super()``): ``nnunet_ssl: error: <its message>``.
@@ -38,6 +44,60 @@ def _plans_and_json(name: str):
         dataset_json = json.load(f)
     plans["continue_training"] = False  # as nnU-Net's get_trainer_from_args sets it
     return plans, dataset_json
+
+
+# ---------------------------------------------------------------------------------------------- regions
+@pytest.fixture(scope="module")
+def region_dataset():
+    """A BraTS-like region dataset (nested regions of the synthetic classes 1-3), planned by nnU-Net."""
+    from nnunet_ssl.data.synthetic import SyntheticSpec, generate_dataset
+    from nnunet_ssl.planners.shrink import write_shrunk_plans
+
+    raw = os.path.join(os.environ["nnUNet_raw"], REGIONS_NAME)
+    generate_dataset(raw, SyntheticSpec(num_labeled=3, num_unlabeled=2, num_test=0, shape=(16, 16, 16), seed=5))
+    path = os.path.join(raw, "dataset.json")
+    with open(path) as f:
+        dataset_json = json.load(f)
+    dataset_json["labels"] = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "lesion": 3}
+    dataset_json["regions_class_order"] = [1, 2, 3]
+    with open(path, "w") as f:
+        json.dump(dataset_json, f)
+    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", str(REGIONS_ID), "-c", "3d_fullres", "-np", "1"])
+    pre = os.path.join(os.environ["nnUNet_preprocessed"], REGIONS_NAME)
+    write_shrunk_plans(pre, "3d_fullres", "nnUNetPlans", CPU_PLANS, **TEST_PRESETS["3d_fullres"])
+    return {"raw": raw, "preprocessed": pre}
+
+
+def _results(name: str, trainer: str) -> str:
+    return os.path.join(os.environ["nnUNet_results"], name, f"{trainer}__{CPU_PLANS}__3d_fullres")
+
+
+def test_every_trainer_refuses_regions_before_writing_anything(region_dataset):
+    from nnunet_ssl.catalog import shipped_trainers
+    from nnunet_ssl.runner import build_trainer
+
+    trainers = shipped_trainers()
+    assert len(trainers) > 10
+    for name, cls in trainers.items():
+        assert cls.supports_regions is False, name
+        with pytest.raises(SystemExit) as e:
+            build_trainer(REGIONS_ID, "3d_fullres", 0, name, CPU_PLANS, "cpu")
+        message = str(e.value)
+        assert message.startswith(f"nnunet_ssl: error: {name} trains on one class label per voxel"), message
+        assert "does not support region-based datasets" in message and "whole, core, lesion" in message
+        assert "\n" not in message
+        assert not os.path.exists(_results(REGIONS_NAME, name)), name  # nothing created, nothing trained
+
+
+def test_region_refusal_on_the_command_line(region_dataset):
+    trainer = "nnUNetTrainerCPS"
+    p = run_cmd(["nnUNetv2_train", str(REGIONS_ID), "3d_fullres", "0", "-tr", trainer, "-p", CPU_PLANS,
+                 "-device", "cpu"], subprocess_env(nnUNet_ssl_overrides=json.dumps(BUDGET)), check=False)
+    assert p.returncode != 0
+    lines = _error_lines(p.stderr)
+    assert len(lines) == 1 and "does not support region-based datasets" in lines[0], p.stderr[-3000:]
+    assert "Traceback" not in p.stderr + p.stdout
+    assert not os.path.exists(_results(REGIONS_NAME, trainer))
 
 
 # ---------------------------------------------------------------------------------------------- UserError

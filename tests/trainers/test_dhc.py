@@ -136,10 +136,3 @@ def test_unknown_tracker_name_is_a_value_error():
         _bare(ClassWeightedPairTrainer, weights_b="kt").build_trackers()
     with pytest.raises(ValueError, match="weights_a must be one of"):
         _bare(ClassWeightedPairTrainer, weights_a="dice").build_trackers()
-
-
-def test_regions_are_refused_before_building_anything():
-    t = _bare(nnUNetTrainerDHC)
-    t.label_manager.has_regions = True
-    with pytest.raises(ValueError, match="regions"):
-        t.initialize()
