@@ -104,6 +104,22 @@ def refuse_regions(trainer_name: str, plans: dict, dataset_json: dict) -> None:
                         f"classes")
 
 
+def non_finite_loss_message(trainer_name: str, value: float, terms: Dict[str, object], iteration: int,
+                            epoch: int) -> str:
+    """The sentence for a non-finite training loss: which logged terms are non-finite (or that none is)."""
+    bad = []
+    for k, v in terms.items():
+        arr = _to_numpy(v)
+        if not np.isfinite(arr).all():
+            shown = float(arr) if arr.ndim == 0 else [float(x) for x in arr.ravel()]
+            bad.append(f"{k} = {shown}")
+    cause = ", ".join(bad) if bad else "the total loss (every logged term is finite)"
+    return (f"{trainer_name}: the training loss is {value} at iteration {iteration} (epoch {epoch}), caused by "
+            f"{cause}; training stopped before the optimizer step, so no weights were changed and no checkpoint "
+            f"with non-finite weights was written; lower the learning rate or the weight of that term, or check "
+            f"the input images for NaN/inf")
+
+
 class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     """Base class: labeled stream (nnU-Net's) + unlabeled stream, extra networks, teachers, trackers.
 
@@ -382,22 +398,24 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         with self.autocast():
             terms = self.compute_losses(data, target, unlabeled)
         loss = terms.pop("loss")
-        nets = list(self.trainable_networks().values())
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+        # the step's one host sync, logged anyway; the backward kernels are already queued
+        loss_value = loss.detach().float().cpu()
+        if not torch.isfinite(loss_value):  # only then look for the term responsible
+            raise UserError(non_finite_loss_message(type(self).__name__, loss_value.item(), terms, self.global_step,
+                                                    self.current_epoch))
         if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            for net in nets:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+        for net in self.trainable_networks().values():
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+        if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
-            for net in nets:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
             self.optimizer.step()
         self.after_optimizer_step()
         self.global_step += 1
-        return {"loss": loss.detach().cpu().numpy(), "ssl_terms": {k: _to_numpy(v) for k, v in terms.items()}}
+        return {"loss": loss_value.numpy(), "ssl_terms": {k: _to_numpy(v) for k, v in terms.items()}}
 
     # ------------------------------------------------------------------ logging
     def _ssl_log(self) -> Dict[str, list]:

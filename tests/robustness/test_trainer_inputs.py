@@ -9,6 +9,13 @@ Every refusal is one line on stderr, ``nnunet_ssl: error: <sentence>``, and a no
   ``nnunet_ssl: error: nnUNetTrainerCPS trains on one class label per voxel and does not support
   region-based datasets, but Dataset975_SSLRegions defines the regions whole, core, lesion in its
   dataset.json; train this dataset with nnUNetTrainer, or convert its labels to plain classes``.
+- **A loss term becomes NaN/inf** (here: a NaN in the EMA teacher, so Mean Teacher's consistency term is
+  NaN while the supervised term is finite): training stops before the optimizer step, no checkpoint is
+  written, the student keeps its weights:
+  ``nnunet_ssl: error: nnUNetTrainerMeanTeacher: the training loss is nan at iteration 0 (epoch 0),
+  caused by loss_cons = nan; training stopped before the optimizer step, so no weights were changed and
+  no checkpoint with non-finite weights was written; lower the learning rate or the weight of that term,
+  or check the input images for NaN/inf``.
 - **``UserError`` anywhere in a trainer entry point nnU-Net calls** (``__init__``, ``initialize``,
   ``load_checkpoint``, ``on_train_start``, ``run_training``, ``perform_actual_validation``, also from a
   subclass override that raises before calling ``super()``): ``nnunet_ssl: error: <its message>``.
@@ -139,5 +146,48 @@ def test_user_error_deep_inside_initialize_and_init(tiny_3d, monkeypatch):
     plans, dataset_json = _plans_and_json(tiny_3d["name"])
     with pytest.raises(SystemExit, match="^nnunet_ssl: error: .*no_such_setting"):
         nnUNetTrainerMeanTeacher(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------- NaN loss
+def test_non_finite_loss_stops_before_the_step_naming_the_term(tiny_3d):
+    from nnunet_ssl.runner import build_trainer
+    from nnunet_ssl.utils.modules import unwrap
+
+    t = build_trainer(tiny_3d["id"], "3d_fullres", 0, "nnUNetTrainerMeanTeacher", CPU_PLANS, "cpu", budget=BUDGET)
+    for f in glob.glob(os.path.join(t.output_folder, "checkpoint_*.pth")):
+        os.remove(f)
+    t.initialize()
+    original = t.compute_losses
+    before = {}
+
+    def poisoned(data, target, unlabeled):
+        if not before:  # a NaN teacher (e.g. a corrupt state): only the consistency term becomes NaN
+            before.update({k: v.clone() for k, v in unwrap(t.network).state_dict().items()})
+            with torch.no_grad():
+                next(unwrap(t.teachers["teacher"].module).parameters()).fill_(float("nan"))
+        return original(data, target, unlabeled)
+
+    t.compute_losses = poisoned
+    with pytest.raises(SystemExit) as e:
+        t.run_training()
+    message = str(e.value)
+    assert message.startswith("nnunet_ssl: error: nnUNetTrainerMeanTeacher: the training loss is nan at "
+                              "iteration 0 (epoch 0), caused by loss_cons = nan;"), message
+    assert "loss_sup" not in message and "\n" not in message
+    after = unwrap(t.network).state_dict()
+    assert before and all(torch.equal(before[k], after[k]) for k in before)  # no optimizer step
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    assert glob.glob(os.path.join(t.output_folder, "checkpoint_*.pth")) == []
+
+
+def test_non_finite_total_without_a_culprit_says_so():
+    from nnunet_ssl.trainers.semisupervised import non_finite_loss_message
+
+    msg = non_finite_loss_message("T", float("inf"), {"loss_sup": 1.0, "w": torch.tensor(0.5)}, 3, 1)
+    assert msg.startswith("T: the training loss is inf at iteration 3 (epoch 1), caused by the total loss "
+                          "(every logged term is finite);")
+    msg = non_finite_loss_message("T", float("nan"), {"a": [1.0, float("nan")], "b": torch.tensor(float("inf"))},
+                                  0, 0)
+    assert "caused by a = [1.0, nan], b = inf;" in msg
 
 
