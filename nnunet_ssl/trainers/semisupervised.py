@@ -10,7 +10,13 @@ It adds to :class:`nnUNetTrainer`, through nnU-Net's own hooks only (``run_train
 - one log line per epoch with every semi-supervised term, the terms in ``progress_ssl.png``;
 - a checkpoint extension: every network, teacher, tracker, the step counter and RNG states are
   saved and restored, so ``--c`` continues as if never stopped; ``network_weights`` holds the
-  inference network, so ``nnUNetv2_predict`` and ``nnUNetv2_find_best_configuration`` work unchanged.
+  inference network, so ``nnUNetv2_predict`` and ``nnUNetv2_find_best_configuration`` work unchanged;
+- ``-pretrained_weights`` (which nnU-Net loads into ``self.network`` only) reach every extra network of
+  the same architecture and every teacher (:meth:`~nnUNetTrainerSemiSupervised.share_pretrained_weights`);
+- clear failure: a :class:`~nnunet_ssl.errors.UserError` raised in any entry point nnU-Net calls
+  (:data:`ENTRY_POINTS`) ends the run with one line ``nnunet_ssl: error: ...`` and exit code 1; so do a
+  region-based dataset (unless the method declares ``supports_regions``) and a non-finite loss (before
+  the optimizer step, naming the term).
 
 A method subclass declares its networks/teachers and implements :meth:`compute_losses`.
 """
@@ -120,6 +126,30 @@ def non_finite_loss_message(trainer_name: str, value: float, terms: Dict[str, ob
             f"the input images for NaN/inf")
 
 
+def weight_fingerprint(module: nn.Module) -> Tuple[List[str], torch.Tensor]:
+    """State-dict keys and, per entry, (sum, sum of squares) in float64: a row changes when the entry is
+    overwritten (e.g. by nnU-Net's ``load_pretrained_weights``)."""
+    state = module.state_dict()
+    rows = [torch.stack([v.detach().double().sum(), v.detach().double().square().sum()]) for v in state.values()]
+    return list(state), torch.stack(rows) if rows else torch.zeros(0, 2)
+
+
+def share_loaded_weights(source_state: Dict[str, torch.Tensor], keys: Sequence[str],
+                         targets: Dict[str, nn.Module]) -> Tuple[List[str], List[str]]:
+    """Copy the entries ``keys`` of ``source_state`` into every target that has all of them with the same
+    shapes (its other entries, e.g. its own segmentation layers, are kept); return (loaded, skipped) names."""
+    loaded, skipped = [], []
+    for name, module in targets.items():
+        target = unwrap(module)
+        state = target.state_dict()
+        if all(k in state and state[k].shape == source_state[k].shape for k in keys):
+            target.load_state_dict({k: source_state[k] for k in keys}, strict=False)
+            loaded.append(name)
+        else:
+            skipped.append(name)
+    return loaded, skipped
+
+
 class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     """Base class: labeled stream (nnU-Net's) + unlabeled stream, extra networks, teachers, trackers.
 
@@ -194,6 +224,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         self.global_step = 0
         self.generator = torch.Generator().manual_seed(int(self.seed))
         self._validating_with_inference_network = False
+        self._initial_weights: Optional[Tuple[List[str], torch.Tensor]] = None  # fingerprint, see initialize
+        self._checkpoint_restored = False
         self.batch_keys: Dict[str, List[str]] = {"labeled": [], "unlabeled": []}
         """Case ids of the current step's labeled and unlabeled patches (for image-level labels)."""
 
@@ -263,6 +295,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         self.build_trackers()
         # one optimizer over every trainable network (nnU-Net's SGD + poly LR)
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        self._initial_weights = weight_fingerprint(unwrap(self.network))  # see share_pretrained_weights
 
     def build_trackers(self) -> None:
         """Hook: create stateful weight trackers etc. in ``self.trackers`` (called in initialize)."""
@@ -336,8 +369,35 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         if self.requires_unlabeled:
             self.print_to_log_file(f"unlabeled cases: {len(self._unlabeled_cases)} in {self.unlabeled_folder}")
         if self.global_step == 0:  # fresh start (possibly from -pretrained_weights): teachers = their students
+            self.share_pretrained_weights()
             for name, source in self.teacher_sources.items():
                 self.teachers[name].copy_from(self.trainable_networks()[source])
+
+    def share_pretrained_weights(self) -> None:
+        """Give every extra network the ``-pretrained_weights`` nnU-Net loaded into ``self.network``.
+
+        nnUNetv2_train passes the file only to ``load_pretrained_weights(trainer.network, ...)``, between
+        :meth:`initialize` and ``run_training``, and tells the trainer nothing. The signal used here: the
+        entries of ``self.network`` that changed since :meth:`initialize` built it, on a fresh start (no
+        checkpoint restored). Exactly those entries (nnU-Net skips the segmentation layers) are copied into
+        every extra network that has them with the same shapes, as if ``load_pretrained_weights`` had been
+        applied to it; the others keep their initialisation. Teachers are then copied from their students.
+        One log line says which networks were loaded and which were not."""
+        if self._initial_weights is None or self._checkpoint_restored:
+            return
+        keys, before = self._initial_weights
+        changed = [k for k, c in zip(keys, (weight_fingerprint(unwrap(self.network))[1] != before).any(1).tolist())
+                   if c]
+        if not changed:
+            return
+        loaded, skipped = share_loaded_weights(unwrap(self.network).state_dict(), changed, self.extra_networks)
+        parts = [f"pretrained weights (loaded into network by nnU-Net) also loaded into "
+                 f"{', '.join(loaded) or 'no other network'}"]
+        if self.teacher_sources:
+            parts.append(f"teachers copied from their students: {', '.join(self.teacher_sources)}")
+        if skipped:
+            parts.append(f"not into {', '.join(skipped)} (architecture differs)")
+        self.print_to_log_file("; ".join(parts))
 
     def on_train_end(self):
         super().on_train_end()
@@ -544,6 +604,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         case every network and teacher starts from its ``network_weights``, e.g. for fine-tuning)."""
         if not self.was_initialized:
             self.initialize()
+        self._checkpoint_restored = True  # weights come from the checkpoint, not from -pretrained_weights
         if isinstance(filename_or_checkpoint, str):
             checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
         else:

@@ -19,6 +19,10 @@ Every refusal is one line on stderr, ``nnunet_ssl: error: <sentence>``, and a no
 - **``UserError`` anywhere in a trainer entry point nnU-Net calls** (``__init__``, ``initialize``,
   ``load_checkpoint``, ``on_train_start``, ``run_training``, ``perform_actual_validation``, also from a
   subclass override that raises before calling ``super()``): ``nnunet_ssl: error: <its message>``.
+- **``-pretrained_weights``**: not an error, but nnU-Net loads them into ``self.network`` only; every
+  extra network and teacher of the same architecture now starts from them too, and the log says
+  ``pretrained weights (loaded into network by nnU-Net) also loaded into network_b; teachers copied from
+  their students: teacher_a, teacher_b`` (``...; not into <name> (architecture differs)`` for the rest).
 """
 from __future__ import annotations
 
@@ -189,5 +193,68 @@ def test_non_finite_total_without_a_culprit_says_so():
     msg = non_finite_loss_message("T", float("nan"), {"a": [1.0, float("nan")], "b": torch.tensor(float("inf"))},
                                   0, 0)
     assert "caused by a = [1.0, nan], b = inf;" in msg
+
+
+# ---------------------------------------------------------------------------------------------- pretrained
+def test_pretrained_weights_reach_every_network_and_teacher(tiny_3d, tmp_path):
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    from nnunet_ssl.runner import build_trainer
+    from nnunet_ssl.utils.modules import unwrap
+
+    t = build_trainer(tiny_3d["id"], "3d_fullres", 0, "nnUNetTrainerDMPF", CPU_PLANS, "cpu", budget=BUDGET)
+    t.initialize()
+    donor = t.build_extra_network("donor")  # a third random initialisation: the "pretrained" model
+    torch.manual_seed(123)
+    with torch.no_grad():
+        for p in donor.parameters():
+            p.add_(torch.randn_like(p))
+    weights = donor.state_dict()
+    ckpt = str(tmp_path / "pretrained.pth")
+    torch.save({"network_weights": weights}, ckpt)
+    b_seg_before = {k: v.clone() for k, v in unwrap(t.extra_networks["network_b"]).state_dict().items()
+                    if ".seg_layers." in k}
+
+    maybe_load_checkpoint(t, False, False, ckpt)  # what nnUNetv2_train -pretrained_weights does
+    t.on_train_start()
+    models = {n: unwrap(m.module if hasattr(m, "copy_from") else m) for n, m in t.all_models().items()}
+    assert set(models) == {"network", "network_b", "teacher_a", "teacher_b"}
+    loaded = [k for k in weights if ".seg_layers." not in k]  # nnU-Net never transfers the seg layers
+    for name, model in models.items():
+        state = model.state_dict()
+        assert all(torch.equal(state[k], weights[k]) for k in loaded), name
+    # B keeps its own segmentation layers, as if load_pretrained_weights had been applied to it
+    b_state = models["network_b"].state_dict()
+    assert all(torch.equal(b_state[k], v) for k, v in b_seg_before.items())
+    with open(t.log_file) as f:
+        log = f.read()
+    assert ("pretrained weights (loaded into network by nnU-Net) also loaded into network_b; teachers copied "
+            "from their students: teacher_a, teacher_b") in log
+
+
+
+
+def test_fresh_start_without_pretrained_weights_keeps_distinct_students(tiny_3d):
+    from nnunet_ssl.runner import build_trainer
+    from nnunet_ssl.utils.modules import unwrap
+
+    t = build_trainer(tiny_3d["id"], "3d_fullres", 0, "nnUNetTrainerCPS", CPU_PLANS, "cpu", budget=BUDGET)
+    t.on_train_start()
+    a, b = unwrap(t.network).state_dict(), unwrap(t.extra_networks["network_b"]).state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    with open(t.log_file) as f:
+        assert "pretrained weights" not in f.read()
+
+
+def test_share_loaded_weights_skips_other_architectures():
+    from torch import nn
+
+    from nnunet_ssl.trainers.semisupervised import share_loaded_weights
+
+    torch.manual_seed(0)
+    source, same, other = nn.Linear(3, 2), nn.Linear(3, 2), nn.Linear(4, 2)
+    loaded, skipped = share_loaded_weights(source.state_dict(), ["weight"], {"same": same, "other": other})
+    assert loaded == ["same"] and skipped == ["other"]
+    assert torch.equal(same.weight, source.weight) and not torch.equal(same.bias, source.bias)
 
 
