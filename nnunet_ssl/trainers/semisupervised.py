@@ -354,6 +354,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         return augmenter
 
     def get_dataloaders(self):
+        stream.exit_with_parent()  # nnU-Net's augmentation workers and ours exit when this process dies
         dl_tr, dl_val = super().get_dataloaders()
         if self.requires_unlabeled:
             self.dataloader_unlabeled = self.get_unlabeled_dataloader(self._unlabeled_cases)

@@ -23,6 +23,8 @@ Every refusal is one line on stderr, ``nnunet_ssl: error: <sentence>``, and a no
   extra network and teacher of the same architecture now starts from them too, and the log says
   ``pretrained weights (loaded into network by nnU-Net) also loaded into network_b; teachers copied from
   their students: teacher_a, teacher_b`` (``...; not into <name> (architecture differs)`` for the rest).
+- **``nnUNetv2_train`` killed with SIGKILL**: its augmentation workers (labeled, validation and unlabeled
+  streams) exit too instead of living on as orphans.
 """
 from __future__ import annotations
 
@@ -258,3 +260,50 @@ def test_share_loaded_weights_skips_other_architectures():
     assert torch.equal(same.weight, source.weight) and not torch.equal(same.bias, source.bias)
 
 
+# ---------------------------------------------------------------------------------------------- SIGKILL
+def _children(pid: int):
+    out = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.split("/")[2]))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_workers_exit_when_nnunetv2_train_is_killed(tiny_3d):
+    env = subprocess_env(nnUNet_n_proc_DA=2, nnUNet_ssl_overrides=json.dumps(
+        {"num_epochs": 1000, "num_iterations_per_epoch": 1000, "num_val_iterations_per_epoch": 1}))
+    p = subprocess.Popen(["nnUNetv2_train", str(tiny_3d["id"]), "3d_fullres", "0", "-tr", "nnUNetTrainerMeanTeacher",
+                          "-p", CPU_PLANS, "-device", "cpu"], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # 2 labeled + 1 validation + 2 unlabeled augmentation workers
+        deadline, workers = time.time() + 240, []
+        while time.time() < deadline and len(workers) < 5 and p.poll() is None:
+            time.sleep(1)
+            workers = _children(p.pid)
+        assert len(workers) >= 5, f"workers {workers}, exit code {p.poll()}"
+        p.send_signal(signal.SIGKILL)  # the main process only
+        p.wait()
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.5)
+        assert not [w for w in workers if _alive(w)]
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
