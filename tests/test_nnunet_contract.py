@@ -15,7 +15,6 @@ import inspect
 import os
 import pathlib
 
-import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

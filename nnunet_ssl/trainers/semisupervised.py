@@ -32,7 +32,6 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -41,8 +40,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ssl.data import stream
-from nnunet_ssl.data.unlabeled import (UNLABELED_FOLDER, find_unlabeled_cases, preprocess_unlabeled,
-                                       unlabeled_case_ids, unlabeled_preprocessed_folder)
+from nnunet_ssl.data.unlabeled import prepare_unlabeled_for_training, unlabeled_preprocessed_folder
 from nnunet_ssl.errors import UserError
 from nnunet_ssl.networks.ensemble import SoftmaxEnsemble, ensemble_builder
 from nnunet_ssl.overrides import NNUNET_BUDGET_KEYS, apply_overrides, read_overrides
@@ -324,8 +322,6 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         """Check the unlabeled folder against the current plans at every start and return the valid case
         ids: rank 0 preprocesses new raw cases and redoes stale ones (made with other plans), bad cases are
         logged and left out; the other ranks read the folder after rank 0 is done."""
-        from nnunet_ssl.data.unlabeled import prepare_unlabeled_for_training
-
         kwargs = dict(dataset_name=self.plans_manager.dataset_name, configuration=self.configuration_name,
                       plans_identifier=self.plans_manager.plans_name, log=self.print_to_log_file,
                       needed_by=type(self).__name__)
