@@ -5,10 +5,10 @@ It adds to :class:`nnUNetTrainer`, through nnU-Net's own hooks only (``run_train
 - an unlabeled batch stream (random crops of ``<data_identifier>_unlabeled``, augmented by nnU-Net's
   training transforms), preprocessed on demand from ``nnUNet_raw/<dataset>/imagesUnlabeled``;
 - extra trainable networks (same builder, same torch.compile/DDP wrapping as nnU-Net's network) and
-  EMA teachers, all in one optimizer with nnU-Net's SGD + poly LR;
+  EMA teachers, all in nnU-Net's optimizer (SGD + poly LR, or an nnU-Net variant's) and scheduler;
 - a consistency ramp-up, a global step counter, a torch.Generator for mixes;
 - one log line per epoch with every semi-supervised term, the terms in ``progress_ssl.png``;
-- a checkpoint extension: every network, teacher, tracker, the step counter and RNG states are
+- a checkpoint extension of nnU-Net's checkpoint: every network, teacher, tracker, the step counter and RNG states are
   saved and restored, so ``--c`` continues as if never stopped; ``network_weights`` holds the
   inference network, so ``nnUNetv2_predict`` and ``nnUNetv2_find_best_configuration`` work unchanged;
 - ``-pretrained_weights`` (which nnU-Net loads into ``self.network`` only) reach every extra network of
@@ -33,7 +33,6 @@ from torch import distributed as dist
 from torch import nn
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
@@ -291,7 +290,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
                 teacher.module = torch.compile(teacher.module)
             self.teachers[name] = teacher
         self.build_trackers()
-        # one optimizer over every trainable network (nnU-Net's SGD + poly LR)
+        # nnU-Net's optimizer, now over every trainable network
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         self._initial_weights = weight_fingerprint(unwrap(self.network))  # see share_pretrained_weights
 
@@ -299,10 +298,19 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         """Hook: create stateful weight trackers etc. in ``self.trackers`` (called in initialize)."""
 
     def configure_optimizers(self):
-        params = [p for net in self.trainable_networks().values() for p in net.parameters()]
-        optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
-                                    nesterov=True)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        """nnU-Net's optimizer and LR scheduler (``nnUNetTrainer.configure_optimizers``: SGD + poly LR, or a
+        variant's such as ``nnUNetTrainerAdam`` earlier in the MRO), built over ``self.network.parameters()``,
+        with the parameters of every extra network joining its first parameter group: one group with the
+        same hyper-parameters as before, and ``PolyLRScheduler`` sets the lr of every group. nnU-Net calls
+        this in ``initialize`` (no extra networks yet); :meth:`initialize` calls it again once they exist."""
+        optimizer, lr_scheduler = super().configure_optimizers()
+        extra = [p for net in self.extra_networks.values() for p in net.parameters()]
+        if extra:
+            groups = optimizer.param_groups
+            first = groups.pop(0)
+            optimizer.add_param_group({**first, "params": list(first["params"]) + extra})
+            groups.insert(0, groups.pop())  # back in first place
+        return optimizer, lr_scheduler
 
     def deep_supervised(self, loss: nn.Module) -> nn.Module:
         """``loss`` wrapped in nnU-Net's ``DeepSupervisionWrapper`` with the scale weights nnU-Net chose for
@@ -575,76 +583,77 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         }
 
     def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank != 0:
+        """nnU-Net's checkpoint, extended: ``nnUNetTrainer.save_checkpoint`` writes its schema to a temporary
+        file, which is read back (on the CPU), given ``network_weights`` = the inference
+        network (so ``nnUNetv2_predict`` runs it) and the ``nnunet_ssl`` entry (:meth:`ssl_state_dict`), and
+        written again; it replaces ``filename`` only when complete, so a crash never leaves a truncated file.
+        Ranks other than 0 and disabled checkpointing are nnU-Net's (nothing written)."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            super().save_checkpoint(filename)
             return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        checkpoint = {  # nnU-Net's checkpoint schema; network_weights = the inference network
-            "network_weights": unwrap(self.inference_module()).state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            CHECKPOINT_KEY: self.ssl_state_dict(),
-        }
-        tmp = filename + ".tmp"
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)  # a crash while writing never leaves a truncated checkpoint
+        nnunet_file, tmp = filename + ".nnunet.tmp", filename + ".tmp"
+        super().save_checkpoint(nnunet_file)
+        try:
+            checkpoint = torch.load(nnunet_file, map_location="cpu", weights_only=False)
+            checkpoint["network_weights"] = unwrap(self.inference_module()).state_dict()
+            checkpoint[CHECKPOINT_KEY] = self.ssl_state_dict()
+            torch.save(checkpoint, tmp)
+        finally:
+            os.remove(nnunet_file)
+        os.replace(tmp, filename)
 
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` (or by a plain nnU-Net trainer, in which
-        case every network and teacher starts from its ``network_weights``, e.g. for fine-tuning)."""
+    @contextmanager
+    def _inference_network_for_nnunet(self):
+        """``self.network`` temporarily the (unwrapped) inference network, shaped as nnU-Net's
+        ``load_checkpoint`` expects it (under DDP: a module holding it as ``.module``)."""
+        trained = self.network
+        target = unwrap(self.inference_module())
+        self.network = _HeldAsModule(target) if self.is_ddp else target
+        try:
+            yield
+        finally:
+            self.network = trained
+
+    def load_checkpoint(self, filename_or_checkpoint: str) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint`: ``nnUNetTrainer.load_checkpoint`` restores
+        its part (bookkeeping, logger, optimizer, grad scaler; ``network_weights`` into the inference network,
+        which is what it holds), then every network, teacher, tracker, the step counter and RNG states come
+        from the ``nnunet_ssl`` entry. A checkpoint without that entry (e.g. written by ``nnUNetTrainer``) is
+        refused with a UserError naming ``-pretrained_weights``, the way to start from nnU-Net weights."""
+        if not isinstance(filename_or_checkpoint, str):  # nnU-Net's load_checkpoint reads files only
+            raise TypeError(f"load_checkpoint expects a file name, got {type(filename_or_checkpoint).__name__}")
+        checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        state = checkpoint.get(CHECKPOINT_KEY)
+        if state is None:
+            raise UserError(f"{filename_or_checkpoint} was not written by an nnunet_ssl trainer (it has no "
+                            f"'{CHECKPOINT_KEY}' entry), so {type(self).__name__} cannot continue from it; to start "
+                            f"from the weights of an nnU-Net run, pass the file as -pretrained_weights (without --c)")
         if not self.was_initialized:
             self.initialize()
         self._checkpoint_restored = True  # weights come from the checkpoint, not from -pretrained_weights
-        if isinstance(filename_or_checkpoint, str):
-            checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-        else:
-            checkpoint = filename_or_checkpoint
-        # nnU-Net's bookkeeping, as nnUNetTrainer.load_checkpoint restores it
-        self.my_init_kwargs = checkpoint["init_args"]
-        self.current_epoch = checkpoint["current_epoch"]
-        self.logger.load_checkpoint(checkpoint["logging"])
-        self._best_ema = checkpoint["_best_ema"]
-        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
-                                                               self.inference_allowed_mirroring_axes)
-        state = checkpoint.get(CHECKPOINT_KEY)
-        if state is None:
-            self.print_to_log_file("checkpoint has no nnunet_ssl state; all networks and teachers start from "
-                                   "its network_weights")
-            weights = {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint["network_weights"].items()}
-            for name, m in self.all_models().items():
-                target = unwrap(m.module if isinstance(m, EMATeacher) else m)
-                if set(target.state_dict()) == set(weights):  # same architecture (not e.g. a projection head)
-                    target.load_state_dict(weights)
-                else:
-                    self.print_to_log_file(f"{name} keeps its initialisation (architecture differs from the checkpoint)")
-        else:
-            for name, net in self.trainable_networks().items():
-                unwrap(net).load_state_dict(state["networks"][name])
-            for name, t in self.teachers.items():
-                unwrap(t.module).load_state_dict(state["teachers"][name])
-            for name, tracker in self.trackers.items():
-                if name in state["trackers"]:
-                    tracker.load_state_dict(state["trackers"][name])
-            self.global_step = int(state["global_step"])
-            self.generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            np.random.set_state(state["numpy_rng"])
-            self.load_extra_state_dict(state.get("extra", {}))
-        try:
-            self.optimizer.load_state_dict(checkpoint["optimizer_state"])
-        except ValueError as e:  # e.g. a plain nnU-Net checkpoint: one network's parameters only
-            if state is not None:
-                raise
-            self.print_to_log_file(f"optimizer state not restored ({e}); starting with a fresh optimizer")
-        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
-            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+        with self._inference_network_for_nnunet():
+            super().load_checkpoint(filename_or_checkpoint)
+        for name, net in self.trainable_networks().items():
+            unwrap(net).load_state_dict(state["networks"][name])
+        for name, t in self.teachers.items():
+            unwrap(t.module).load_state_dict(state["teachers"][name])
+        for name, tracker in self.trackers.items():
+            if name in state["trackers"]:
+                tracker.load_state_dict(state["trackers"][name])
+        self.global_step = int(state["global_step"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        self.load_extra_state_dict(state.get("extra", {}))
+
+
+class _HeldAsModule(nn.Module):
+    """``module`` as its ``.module``, the shape of a DDP-wrapped network (what nnU-Net's checkpoint code
+    unwraps under DDP)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
 
 
 _wrap_entry_points(nnUNetTrainerSemiSupervised, inherited=True)
