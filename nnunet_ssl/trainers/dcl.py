@@ -1,7 +1,8 @@
 """Category-level supervision: class-wise contrastive learning with multi-scale projection heads
 (Zhang, Hayashi, Oda, Mori, "Towards better laparoscopic video segmentation: a class-wise
 contrastive learning approach with multi-scale feature extraction", Healthc. Technol. Lett. 11(2-3),
-2024), and the SimCLR baseline (Chen et al., ICML 2020).
+2024). Its SimCLR baseline (Chen et al., ICML 2020) is :mod:`nnunet_ssl.trainers.simclr`; both build
+on :class:`~nnunet_ssl.methods.contrastive.ContrastiveSegmentationTrainer`.
 
 Data: few images with pixel labels (``imagesTr``/``labelsTr``), many with only image-level
 category labels (``imagesUnlabeled`` + ``categoryLabels.json``, see
@@ -37,7 +38,7 @@ ranks); the per-rank losses' gradients are averaged by DDP as usual.
 
 The base class' ``consistency_weight``, ``rampup_fraction`` and ``ema_decay`` are not used here
 (category labels are labels: no ramp-up, no teacher; ``unused_hyperparameters``), nor is ``seed`` by
-the DCL trainers (they draw nothing from the trainer's generator; SimCLR's second view does).
+the DCL trainers (they draw nothing from the trainer's generator).
 """
 from __future__ import annotations
 
@@ -54,15 +55,13 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunet_ssl.data.category_labels import (CATEGORY_LABELS_FILE, CategoryLabel, category_vector,
                                              classes_in_mask, load_category_labels, read_mask_classes)
 from nnunet_ssl.errors import UserError
-from nnunet_ssl.heads.projection import (ClassificationHead, EncoderTaps, MultiScaleProjectionHeads,
-                                         encoder_conv_op, encoder_module, encoder_stage_channels)
-from nnunet_ssl.losses.contrastive import multiscale_supcon_loss, positive_pair_mask, simclr_positive_mask
+from nnunet_ssl.heads.projection import encoder_module
+from nnunet_ssl.losses.contrastive import multiscale_supcon_loss, positive_pair_mask
 from nnunet_ssl.losses.segmentation import GeneralisedDiceFocalLoss
-from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised, split_output
+from nnunet_ssl.methods.contrastive import CLASSIFIER, PROJECTION, ContrastiveSegmentationTrainer
+from nnunet_ssl.trainers.semisupervised import split_output
 from nnunet_ssl.utils.modules import full_resolution, unwrap
 
-PROJECTION = "projection_heads"
-CLASSIFIER = "classification_head"
 PRETRAIN, DECODER = "encoder_pretraining", "decoder_training"
 
 
@@ -99,83 +98,7 @@ def batch_categories(labeled_target: torch.Tensor, labeled_keys: Sequence[str], 
     return torch.stack(vectors), stages, torch.tensor(keep, dtype=torch.bool)
 
 
-def flip_and_jitter(x: torch.Tensor, flips: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """A second view for SimCLR: ``x'[b] = flip_{axes with flips[b]}(x[b]) · scale[b] + shift[b]``.
-
-    ``x`` ``(B, C, *spatial)``; ``flips`` ``(B, n_spatial)`` bool; ``scale``, ``shift`` ``(B, C)``
-    (per-sample, per-channel intensity jitter on the normalised intensities).
-    """
-    n_spatial = x.dim() - 2
-    if flips.shape != (x.shape[0], n_spatial):
-        raise ValueError(f"flips must be ({x.shape[0]}, {n_spatial}) for x of shape {tuple(x.shape)}, "
-                         f"got {tuple(flips.shape)}")
-    if scale.shape != x.shape[:2] or shift.shape != x.shape[:2]:
-        raise ValueError(f"scale and shift must be {tuple(x.shape[:2])}, got {tuple(scale.shape)} and "
-                         f"{tuple(shift.shape)}")
-    per_sample = (x.shape[0],) + (1,) * (x.dim() - 1)
-    out = x
-    for d in range(n_spatial):
-        out = torch.where(flips[:, d].to(x.device).view(per_sample), out.flip(2 + d), out)
-    per_channel = x.shape[:2] + (1,) * n_spatial
-    return out * scale.to(x).view(per_channel) + shift.to(x).view(per_channel)
-
-
-def sample_view_parameters(shape: Sequence[int], generator: torch.Generator, flip_probability: float,
-                           scale_range: float, shift_std: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(flips, scale, shift)`` for :func:`flip_and_jitter` of a batch of ``shape`` ``(B, C, *spatial)``:
-    each axis flipped with ``flip_probability``, ``scale ~ U(1 - scale_range, 1 + scale_range)``,
-    ``shift ~ N(0, shift_std²)``. Drawn on the CPU from ``generator``."""
-    b, c, n_spatial = shape[0], shape[1], len(shape) - 2
-    flips = torch.rand((b, n_spatial), generator=generator) < flip_probability
-    scale = 1 + (2 * torch.rand((b, c), generator=generator) - 1) * scale_range
-    shift = torch.randn((b, c), generator=generator) * shift_std
-    return flips, scale, shift
-
-
 # ---------------------------------------------------------------------------------------------- trainers
-class ContrastiveSegmentationTrainer(nnUNetTrainerSemiSupervised):
-    """Shared part of the DCL and SimCLR trainers (not a trainer itself): ``L_seg`` = nnU-Net's Dice + CE
-    with its deep supervision (nnU-Net's ``_build_loss``, not overridden), projection heads on the
-    encoder stages fed by hooks, heads as training-only extra networks."""
-
-    unused_hyperparameters = ("consistency_weight", "rampup_fraction", "ema_decay")
-
-    contrastive_weight: float = 0.1
-    """α: weight of the (multi-scale) contrastive term, summed over the scales."""
-    temperature: float = 0.1
-    """τ of the supervised contrastive loss."""
-    multiscale: bool = True
-    """Project every encoder stage (MSPH) if True, else only the deepest one."""
-    proj_dim: int = 64
-    """Dimension of the L2-normalised embeddings."""
-    proj_hidden: int = 256
-    """Hidden width of the projection MLPs."""
-
-    requires_category_labels = False
-
-    # ---- networks, heads, loss
-    @property
-    def extra_network_names(self) -> Tuple[str, ...]:
-        return (PROJECTION,)
-
-    def build_extra_network(self, name: str) -> nn.Module:
-        channels = encoder_stage_channels(self.network)
-        if name == PROJECTION:
-            return MultiScaleProjectionHeads(channels if self.multiscale else channels[-1:],
-                                             encoder_conv_op(self.network), self.proj_dim, self.proj_hidden)
-        if name == CLASSIFIER:
-            return ClassificationHead(channels[-1], self.label_manager.num_segmentation_heads - 1)
-        return super().build_extra_network(name)
-
-    def initialize(self):
-        super().initialize()
-        self.encoder_taps = EncoderTaps(self.network)  # before the first forward (torch.compile)
-
-    def project(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """Embeddings ``[(N, proj_dim)]`` of the encoder stage outputs (all, or the deepest)."""
-        return self.extra_networks[PROJECTION](list(features) if self.multiscale else list(features[-1:]))
-
-
 class nnUNetTrainerDCL(ContrastiveSegmentationTrainer):
     """Class-wise contrastive learning + segmentation: ``L = L_seg + α·Σ_scales SupCon(Z_s)``.
 
@@ -332,42 +255,6 @@ class nnUNetTrainerDCLTwoStep(nnUNetTrainerDCLCls):
         self.encoder_taps.clear()
         loss_seg = self.loss(out, target)
         return {"loss": loss_seg, "loss_seg": loss_seg, "phase": 1.0}
-
-
-class nnUNetTrainerSimCLR(ContrastiveSegmentationTrainer):
-    """SimCLR baseline of the seed: ``L = L_seg + α·NT-Xent`` where each unlabeled patch's only
-    positive is its second view (SupCon with one positive is SimCLR's NT-Xent).
-
-    View 1 is the unlabeled patch as augmented by nnU-Net; view 2 is a cheap in-trainer
-    augmentation of it (:func:`flip_and_jitter`: random flips along every spatial axis and a
-    per-channel intensity scale and shift, drawn from ``self.generator``). Projection on the
-    deepest encoder stage only by default (SimCLR's single head; ``multiscale=True`` for MSPH).
-    Needs no category labels.
-    """
-
-    multiscale: bool = False
-    """Project every encoder stage (MSPH) if True, else only the deepest one (SimCLR)."""
-    view_flip_probability: float = 0.5
-    """Probability of flipping view 2 along each spatial axis."""
-    view_scale_range: float = 0.2
-    """View 2 intensities are scaled by U(1 - r, 1 + r) per sample and channel."""
-    view_shift_std: float = 0.1
-    """View 2 intensities are shifted by N(0, σ²) per sample and channel."""
-
-    def second_view(self, x: torch.Tensor) -> torch.Tensor:
-        flips, scale, shift = sample_view_parameters(x.shape, self.generator, self.view_flip_probability,
-                                                     self.view_scale_range, self.view_shift_std)
-        return flip_and_jitter(x, flips, scale, shift)
-
-    cost_model = {"forward": 3, "backward": 3}  # one pass over labeled, unlabeled and the second view
-
-    def compute_losses(self, data, target, unlabeled):
-        n, m = data.shape[0], unlabeled.shape[0]
-        out_l, _ = split_output(self.network(torch.cat([data, unlabeled, self.second_view(unlabeled)])), n)
-        z = [zs[n:] for zs in self.project(self.encoder_taps.pop())]
-        loss_con = multiscale_supcon_loss(z, simclr_positive_mask(m, device=data.device), self.temperature)
-        loss_seg = self.loss(out_l, target)
-        return {"loss": loss_seg + self.contrastive_weight * loss_con, "loss_seg": loss_seg, "loss_simclr": loss_con}
 
 
 # ---------------------------------------------------------------------------------------------- paper variant

@@ -9,9 +9,9 @@ import torch
 
 from nnunet_ssl.losses.consistency import hard_pseudo_labels
 from nnunet_ssl.losses.weighted import weighted_cross_entropy
+from nnunet_ssl.methods.class_weighted_pair import ClassWeightedPairTrainer
 from nnunet_ssl.mixing.masks import DEFAULT_BETA
 from nnunet_ssl.mixing.mixes import STRONG_MIXES, MixResult, get_strong_mix
-from nnunet_ssl.trainers.dhc import ClassWeightedPairTrainer
 from nnunet_ssl.trainers.semisupervised import split_output
 from nnunet_ssl.utils.modules import full_resolution
 

@@ -7,8 +7,8 @@ import math
 import torch
 
 from nnunet_ssl.losses.consistency import masked_probability_mse
+from nnunet_ssl.methods.mean_teacher import MeanTeacherTrainer
 from nnunet_ssl.schedules import sigmoid_rampup
-from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
 from nnunet_ssl.trainers.semisupervised import split_output
 from nnunet_ssl.utils.modules import full_resolution
 
@@ -28,7 +28,7 @@ def uncertainty_threshold(step: int, rampup_length: int, num_classes: int, start
     return (start + (1.0 - start) * sigmoid_rampup(step, rampup_length)) * math.log(num_classes)
 
 
-class nnUNetTrainerUAMT(nnUNetTrainerMeanTeacher):
+class nnUNetTrainerUAMT(MeanTeacherTrainer):
     """Mean Teacher whose consistency is restricted to voxels where the teacher is certain.
 
     The teacher runs ``T`` times on the unlabeled batch with independent Gaussian input noise (σ 0.1,

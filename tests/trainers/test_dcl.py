@@ -1,4 +1,4 @@
-"""Category-level supervision trainers (nnunet_ssl/trainers/dcl.py): batch category targets, the
+"""Category-level supervision trainers (nnunet_ssl/trainers/dcl.py, simclr.py): batch category targets, the
 SimCLR second view, clear errors without category labels, exact resume of the heads, two-step freezing."""
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from conftest import CPU_PLANS, TINY_2D_RGB_ID, run_cmd, subprocess_env
 from test_checkpoint_exact import _assert_same_optimizer, _state
 
 from nnunet_ssl.data.category_labels import CategoryLabel
-from nnunet_ssl.trainers.dcl import (CLASSIFIER, DECODER, PRETRAIN, PROJECTION, batch_categories, flip_and_jitter,
-                                     sample_view_parameters)
+from nnunet_ssl.methods.contrastive import CLASSIFIER, PROJECTION
+from nnunet_ssl.trainers.dcl import DECODER, PRETRAIN, batch_categories
+from nnunet_ssl.trainers.simclr import flip_and_jitter, sample_view_parameters
 
 BUDGET = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
 NO_CATEGORY_ID = 993
@@ -241,8 +242,8 @@ def test_segmentation_loss_dice_ce_by_default_gdl_focal_as_paper_variant(tiny_2d
 
 
 def test_unused_base_hyperparameters_declared():
-    from nnunet_ssl.trainers.dcl import (nnUNetTrainerDCL, nnUNetTrainerDCLCls_GDLFocal, nnUNetTrainerDCLTwoStep,
-                                         nnUNetTrainerSimCLR)
+    from nnunet_ssl.trainers.dcl import nnUNetTrainerDCL, nnUNetTrainerDCLCls_GDLFocal, nnUNetTrainerDCLTwoStep
+    from nnunet_ssl.trainers.simclr import nnUNetTrainerSimCLR
 
     for cls in (nnUNetTrainerDCL, nnUNetTrainerDCLTwoStep, nnUNetTrainerDCLCls_GDLFocal):
         assert cls.unused_hyperparameters == ("consistency_weight", "rampup_fraction", "ema_decay", "seed")

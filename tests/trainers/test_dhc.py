@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_ssl.trainers.dhc import ClassWeightedPairTrainer, labeled_class_histogram, nnUNetTrainerDHC, weighted_cps
+from nnunet_ssl.methods.class_weighted_pair import ClassWeightedPairTrainer, labeled_class_histogram
+from nnunet_ssl.trainers.dhc import nnUNetTrainerDHC, weighted_cps
 
 
 class _Dataset:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+from nnunet_ssl.methods.mean_teacher import MeanTeacherTrainer
 from nnunet_ssl.losses.consistency import masked_probability_mse
 from nnunet_ssl.trainers.uamt import nnUNetTrainerUAMT, predictive_entropy, uncertainty_threshold
 
@@ -65,7 +65,7 @@ def _fake(std, passes=4, per_forward=0):
     fake = SimpleNamespace(uncertainty_passes=passes, uncertainty_passes_per_forward=per_forward,
                            teacher_noise_std=std, teacher_noise_clip=0.2, generator=torch.Generator().manual_seed(0),
                            teachers={"teacher": _Teacher().eval()})
-    fake.teacher_input = lambda x: nnUNetTrainerMeanTeacher.teacher_input(fake, x)
+    fake.teacher_input = lambda x: MeanTeacherTrainer.teacher_input(fake, x)
     return fake
 
 
