@@ -79,8 +79,9 @@ def _nnunet_trainer_members() -> set:
 
 
 def test_every_trainer_attribute_we_read_is_ours_or_nnunets():
-    """``self.X`` read in our trainers that no code of ours defines must come from ``nnUNetTrainer``."""
-    trees = [t for p, t in _trees().items() if p.parent.name == "trainers"]
+    """``self.X`` read in our trainers (and the method bases in ``nnunet_ssl/methods``) that no code of ours
+    defines must come from ``nnUNetTrainer``."""
+    trees = [t for p, t in _trees().items() if p.parent.name in ("trainers", "methods")]  # trainers and their bases
     defined = set().union(*(_self_attributes(t)[1] for t in trees))
     read = set().union(*(_self_attributes(t)[0] for t in trees))
     inherited = read - defined
