@@ -190,7 +190,13 @@ def _preprocess_one(case: str, files: List[str], out_folder: str, plans: dict, c
 
     The case is written to a temporary folder, then an existing data file of the case is removed,
     the segmentation and the stamped properties are moved into place and the data file last: a case
-    interrupted at any point is absent (no data file) or complete with its stamp."""
+    interrupted at any point is absent (no data file) or complete with its stamp.
+
+    Preprocessing is nnU-Net's own (``preprocessor.run_case``); writing mirrors nnU-Net's
+    ``DefaultPreprocessor.run_case_save`` (float32 data, blosc2 parameters from the patch size,
+    ``nnUNetDatasetBlosc2.save_case``), which cannot be called as is because the properties must be
+    changed before they are written (no ``class_locations``, the plans stamp) and the write must be
+    atomic. tests/test_nnunet_contract.py checks the signatures this relies on."""
     try:
         import numpy as np
         from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
