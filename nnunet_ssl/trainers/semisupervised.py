@@ -451,6 +451,11 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         return self.dataloader_unlabeled is not None
 
     def train_step(self, batch: dict) -> dict:
+        """One optimisation step. Mirrors ``nnUNetTrainer.train_step`` (device transfer, ``zero_grad``,
+        autocast, backward through the grad scaler, unscale, gradient-norm clipping at 12, step, update),
+        which cannot be called because the loss is the method's (:meth:`compute_losses`, on the labeled and
+        the unlabeled batch), clipping runs per trainable network, and the step is refused on a non-finite
+        loss. Returns nnU-Net's ``{'loss': ...}`` plus the method's terms for the epoch log."""
         data = self._to_device(batch["data"])
         target = self._to_device(batch["target"])
         unlabeled = None
