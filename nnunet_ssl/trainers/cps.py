@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_ssl.errors import UserError
 from nnunet_ssl.losses.consistency import cross_pseudo_supervision
+from nnunet_ssl.networks.ensemble import SoftmaxEnsemble
+from nnunet_ssl.networks.heterogeneous import build_partner_network
 from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised, split_output
 from nnunet_ssl.utils.modules import full_resolution
 
@@ -42,3 +46,70 @@ class nnUNetTrainerCPS_Ensemble(nnUNetTrainerCPS):
     Twice the inference cost of CPS."""
 
     inference_model = ("network", "network_b")
+
+
+class nnUNetTrainerCPSHetero(nnUNetTrainerCPS):
+    """CPS with two architectures (the seed FLARE22 pipeline pairs a transformer with a CNN): network A is
+    the plans' architecture, as nnU-Net builds it; network B another one nnU-Net can build from the same
+    plans (``network_b_architecture``; default PlainConvUNet ↔ ResidualEncoderUNet, see
+    :mod:`nnunet_ssl.networks.heterogeneous`). Both keep nnU-Net's deep supervision at the same scales, so
+    the losses are CPS's unchanged. Inference network: A (``nnUNetv2_predict`` builds it from the plans).
+
+    ``-pretrained_weights`` reaches B only where its entries match A's (usually none); the start-up log
+    says so. B's compute differs from A's: ``cost_model`` assumes B costs about 1.4 A (multiply-accumulates
+    of ResidualEncoderUNet with nnU-Net's 1-3-4 blocks against PlainConvUNet's 2 convolutions per stage,
+    counted on the iteration-cost plans: 32³ patch, features 8/16/32), so 2 + 2.8 ≈ 5 labeled-batch passes.
+    """
+
+    network_b_architecture: str = ""
+    """Class path of network B ('' = the partner of the plans' architecture: PlainConvUNet ↔
+    ResidualEncoderUNet)."""
+
+    cost_model = {"forward": 5, "backward": 5}
+
+    def build_extra_network(self, name: str):
+        net, target = build_partner_network(self.configuration_manager, self.num_input_channels,
+                                            self.label_manager.num_segmentation_heads, self.enable_deep_supervision,
+                                            self.network_b_architecture)
+        self.print_to_log_file(f"{name}: {target.rsplit('.', 1)[-1]} (network: "
+                               f"{self.configuration_manager.network_arch_class_name.rsplit('.', 1)[-1]})")
+        return net
+
+
+def hetero_pair_builder(network_b_architecture: str):
+    """A ``build_network_architecture`` (nnU-Net's signature) building the ensemble of A (the plans'
+    architecture) and B (``network_b_architecture``, '' = the default partner); training builds A alone
+    through its ``member_builder``."""
+
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True):
+        a = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                     num_output_channels, enable_deep_supervision)
+        b, _ = build_partner_network(configuration_manager, num_input_channels, num_output_channels,
+                                     enable_deep_supervision, network_b_architecture)
+        return SoftmaxEnsemble([a, b])
+
+    build_network_architecture.member_builder = nnUNetTrainer.build_network_architecture
+    build_network_architecture.num_members = 2
+    return build_network_architecture
+
+
+class nnUNetTrainerCPSHetero_Ensemble(nnUNetTrainerCPSHetero):
+    """Heterogeneous CPS predicting with the mean of both networks' softmax. nnU-Net's predictor rebuilds
+    the pair from the plans and this class, so B is the class's ``network_b_architecture``: overriding it
+    per run is refused (subclass to pair other architectures)."""
+
+    inference_model = ("network", "network_b")
+    build_network_architecture = staticmethod(hetero_pair_builder(""))
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "build_network_architecture" not in cls.__dict__:  # a subclass pairing another B predicts with it
+            cls.build_network_architecture = staticmethod(hetero_pair_builder(cls.network_b_architecture))
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if "network_b_architecture" in self.applied_overrides:
+            raise UserError(f"{type(self).__name__}: network_b_architecture cannot be set per run, because "
+                            f"nnUNetv2_predict rebuilds the ensemble from the class; subclass it instead")

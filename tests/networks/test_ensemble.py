@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from ensemble_checks import assert_mean_softmax_of
 from torch import nn
 
 from nnunet_ssl.networks.ensemble import SoftmaxEnsemble, ensemble_builder, mean_softmax_logits
@@ -100,15 +101,7 @@ def test_ensemble_trainer_validates_exports_and_predicts_the_mean(tiny_3d, tmp_p
     net = predictor.network
     assert isinstance(net, SoftmaxEnsemble)
     net.load_state_dict(predictor.list_of_parameters[0])
-    net.eval()
-    a, b = t.network, t.extra_networks["network_b"]
-    for m in (a, b):
-        m.eval()
-        m.decoder.deep_supervision = False
-    x = torch.randn(1, 1, *t.configuration_manager.patch_size)
-    with torch.no_grad():
-        expected = (torch.softmax(a(x), 1) + torch.softmax(b(x), 1)) / 2
-        assert torch.allclose(torch.softmax(net(x), 1), expected, atol=1e-5)
+    assert_mean_softmax_of(net, t.network, t.extra_networks["network_b"], t.configuration_manager.patch_size)
     out = tmp_path / "pred"
     run_cmd(["nnUNetv2_predict", "-d", str(tiny_3d["id"]), "-c", "3d_fullres", "-tr", name, "-p", CPU_PLANS,
              "-f", "0", "-i", os.path.join(tiny_3d["raw"], "imagesTs"), "-o", str(out), "-device", "cpu",
