@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "generate a small synthetic dataset, train nnUNetTrainer and Mean Teacher on CPU, print Dice"),
     "evaluate": ("nnunet_ssl.commands.evaluate", "per-case Dice, IoU, NSD, HD95, ASD of predictions vs references"),
     "benchmark": ("nnunet_ssl.commands.benchmark", "label-fraction study: split, plan, train, predict, evaluate, report"),
+    "selftrain": ("nnunet_ssl.commands.selftrain",
+                  "pseudo-label rounds: teachers predict unlabeled cases, a consensus/stability filter, a student"),
 }
 
 

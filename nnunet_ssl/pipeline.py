@@ -57,13 +57,15 @@ def model_folder(dataset: Union[int, str], trainer: str, plans: str, configurati
 
 def predict_folder(model_dir: str, input_dir: str, output_dir: str, folds: Sequence[Union[int, str]] = ("all",),
                    checkpoint: str = "checkpoint_final.pth", device: str = "cpu", use_mirroring: bool = True,
-                   num_processes: int = 1, progress: bool = False) -> str:
+                   num_processes: int = 1, progress: bool = False, save_probabilities: bool = False) -> str:
     """Predict every case of ``input_dir`` (nnU-Net raw naming) with the model in ``model_dir`` into
     ``output_dir``, as ``nnUNetv2_predict -f <folds> -chk <checkpoint>`` does; returns ``output_dir``.
 
     ``use_mirroring=False`` is ``--disable_tta``. ``num_processes``: worker processes for reading
     and writing (``-npp``/``-nps``); 0 runs everything in this process (no start-up cost of worker
     processes: fastest for a few small cases). Existing predictions in ``output_dir`` are overwritten.
+    ``save_probabilities`` is ``--save_probabilities``: ``<case>.npz`` (``probabilities``) and ``<case>.pkl``
+    next to each prediction.
     """
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -77,9 +79,10 @@ def predict_folder(model_dir: str, input_dir: str, output_dir: str, folds: Seque
         raise ValueError(f"num_processes must be >= 0, got {num_processes}")
     if int(num_processes) == 0:
         os.makedirs(output_dir, exist_ok=True)
-        predictor.predict_from_files_sequential(input_dir, output_dir, save_probabilities=False, overwrite=True)
+        predictor.predict_from_files_sequential(input_dir, output_dir, save_probabilities=save_probabilities,
+                                                overwrite=True)
     else:
-        predictor.predict_from_files(input_dir, output_dir, save_probabilities=False, overwrite=True,
+        predictor.predict_from_files(input_dir, output_dir, save_probabilities=save_probabilities, overwrite=True,
                                      num_processes_preprocessing=int(num_processes),
                                      num_processes_segmentation_export=int(num_processes))
     return output_dir

@@ -60,8 +60,11 @@ def _quiet_with_progress(trainer, log_path: str):
 
 def train(dataset: Union[int, str], configuration: str, fold: Union[int, str], trainer: str = "nnUNetTrainer",
           plans: str = "nnUNetPlans", device: str = "cpu", continue_training: bool = False,
-          validate: bool = True, budget: Optional[dict] = None, progress: bool = False):
+          validate: bool = True, budget: Optional[dict] = None, progress: bool = False,
+          pretrained_weights: Optional[str] = None):
     """Train (or continue) and run nnU-Net's final validation; returns the trainer.
+
+    ``pretrained_weights`` is ``nnUNetv2_train -pretrained_weights`` (a fresh start only).
 
     With ``progress``, nnU-Net's console output goes to ``<output_folder>/console.log`` and a
     progress bar over epochs is shown instead.
@@ -71,7 +74,7 @@ def train(dataset: Union[int, str], configuration: str, fold: Union[int, str], t
     t = build_trainer(dataset, configuration, fold, trainer, plans, device, continue_training, budget)
     ctx = _quiet_with_progress(t, os.path.join(t.output_folder, "console.log")) if progress else contextlib.nullcontext()
     with ctx:
-        maybe_load_checkpoint(t, continue_training, False, None)
+        maybe_load_checkpoint(t, continue_training, False, pretrained_weights)
         t.run_training()
         if validate:
             t.perform_actual_validation(False)

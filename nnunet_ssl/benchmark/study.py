@@ -187,7 +187,7 @@ def _study_lock(output_dir: Path):
         path.unlink(missing_ok=True)
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Move the finished folder ``src`` to ``dst``, replacing an older ``dst``."""
     old = dst.with_name(dst.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -367,7 +367,7 @@ def _failure_reason(log_tail: Sequence[str], returncode: int, log_path: Path) ->
     return f"{text} ({how}; log: {log_path})"
 
 
-def _run_training(cmd: List[str], env: dict, log_path: Path, on_line=None) -> Tuple[int, str]:
+def run_logged(cmd: List[str], env: dict, log_path: Path, on_line=None) -> Tuple[int, str]:
     """Run ``cmd``, appending its output to ``log_path``; returns (return code, failure reason).
 
     Ctrl-C stops the child too and is re-raised; nothing about the run is recorded then.
@@ -535,7 +535,7 @@ class _Executor:
             if m and bar is not None:
                 bar.set_postfix_str(f"{run.trainer} epoch {int(m.group(1)) + 1}{total}")
 
-        return _run_training(cmd, env, run_dir / "train.log", on_line)
+        return run_logged(cmd, env, run_dir / "train.log", on_line)
 
     def _predict_and_evaluate(self, model: Path, run_dir: Path, say) -> None:
         from nnunet_ssl.evaluation.folders import evaluate_folders
@@ -552,13 +552,13 @@ class _Executor:
                 predict_folder(str(model.parent), str(self.test_folder / "imagesTs"), str(tmp), folds=(FOLD,),
                                device=self.device, use_mirroring=self.preset.use_mirroring,
                                num_processes=self.num_processes if self.num_processes > 1 else 0)
-            _replace_dir(tmp, pred)
+            replace_dir(tmp, pred)
         tmp = run_dir / "evaluation.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         evaluate_folders(pred, self.test_folder / "labelsTs", self.d.labels, self.d.file_ending,
                          tolerance_mm=self.tolerance_mm, num_processes=self.num_processes, output_dir=tmp,
                          progress=False)
-        _replace_dir(tmp, run_dir / "evaluation")
+        replace_dir(tmp, run_dir / "evaluation")
 
     def _manifest(self, run: Run, run_dir: Path, status: str, reason: str = "") -> None:
         """Write ``run.json`` atomically (via a temporary folder outside the runs tree)."""

@@ -18,6 +18,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-every", type=arguments.count, default=None, help="write checkpoint_latest every N epochs")
     parser.add_argument("--c", dest="continue_training", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--no-val", action="store_true", help="skip nnU-Net's final validation")
+    parser.add_argument("-pretrained_weights", default=None,
+                        help="checkpoint to start from (nnUNetv2_train's -pretrained_weights; not with --c)")
 
 
 def run(args) -> int:
@@ -26,5 +28,6 @@ def run(args) -> int:
     train(args.dataset, args.configuration, args.fold, args.trainer, args.plans, args.device, args.continue_training,
           validate=not args.no_val,
           budget={"num_epochs": args.epochs, "num_iterations_per_epoch": args.iters,
-                  "num_val_iterations_per_epoch": args.val_iters, "save_every": args.save_every})
+                  "num_val_iterations_per_epoch": args.val_iters, "save_every": args.save_every},
+          pretrained_weights=args.pretrained_weights)
     return 0

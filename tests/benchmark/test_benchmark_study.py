@@ -86,14 +86,14 @@ def test_run_training_records_output_and_interrupts(tmp_path):
     log = tmp_path / "train.log"
     seen = []
     code = "import sys; print('Epoch 0'); print('ValueError: bad input'); sys.exit(3)"
-    rc, reason = st._run_training([sys.executable, "-c", code], dict(os.environ), log, seen.append)
+    rc, reason = st.run_logged([sys.executable, "-c", code], dict(os.environ), log, seen.append)
     assert rc == 3 and reason == f"ValueError: bad input (exit code 3; log: {log})"
     assert seen == ["Epoch 0\n", "ValueError: bad input\n"]
     text = log.read_text()
     assert text.startswith("\n# ") and text.endswith("Epoch 0\nValueError: bad input\n")
-    assert st._run_training([sys.executable, "-c", "print('fine')"], dict(os.environ), log) == (0, "")
+    assert st.run_logged([sys.executable, "-c", "print('fine')"], dict(os.environ), log) == (0, "")
     with pytest.raises(KeyboardInterrupt):  # a child stopped by Ctrl-C stops the study, recording nothing
-        st._run_training([sys.executable, "-c", "import sys; sys.exit(130)"], dict(os.environ), log)
+        st.run_logged([sys.executable, "-c", "import sys; sys.exit(130)"], dict(os.environ), log)
 
 
 # ---------------------------------------------------------------------------------- commands file

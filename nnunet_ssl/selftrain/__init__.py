@@ -1,0 +1,1 @@
+"""Challenge-style self-training rounds (``nnunet-ssl selftrain``): teachers, filtered pseudo-labels, students."""
