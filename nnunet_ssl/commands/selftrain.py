@@ -71,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-from", default="", metavar="DATASET",
                         help="raw dataset (id, name or folder) whose imagesTs/labelsTs score every round "
                              "(default: the source's, when it has them)")
+    parser.add_argument("--disable_tta", action="store_true",
+                        help="no mirroring at prediction (nnUNetv2_predict's --disable_tta; 8x faster in 3D)")
     parser.add_argument("-np", dest="num_processes", type=arguments.count, default=1,
                         help="processes for preprocessing and prediction (default 1)")
 
@@ -91,7 +93,7 @@ def run(args) -> int:
                         teachers=list(args.teachers), student=args.student, fold=args.fold, filter=args.filter,
                         threshold=args.threshold, drop=args.drop, epochs=args.epochs, iters=args.iters,
                         device=args.device, id_base=args.id_base, student_init=args.student_init,
-                        test_from=str(args.test_from))
+                        test_from=str(args.test_from), tta=not args.disable_tta)
     st = start(args.workdir, settings, args.rounds, args.num_processes)
     results = st.run()
     print((st.work / "report.md").read_text())

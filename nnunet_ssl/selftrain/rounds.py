@@ -85,6 +85,8 @@ class Settings:
     student_init: str
     test_from: str = ""
     """Raw dataset (id, name or folder) whose imagesTs/labelsTs are the test set ('' = the source)."""
+    tta: bool = True
+    """Mirroring test-time augmentation in every prediction (nnU-Net's default; off = ``--disable_tta``)."""
 
     def compare(self, other: "Settings") -> List[str]:
         a, b = asdict(self), asdict(other)
@@ -248,6 +250,7 @@ class SelfTraining:
 
         with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             predict_folder(str(self.model_dir(m)), str(inputs), str(partial), folds=(m.fold,), device=self.s.device,
+                           use_mirroring=self.s.tta,
                            num_processes=self.num_processes if self.num_processes > 1 else 0,
                            save_probabilities=True)
         replace_dir(partial, out)
@@ -404,7 +407,8 @@ class SelfTraining:
             with open(partial / "predict.log", "a") as f, contextlib.redirect_stdout(f), \
                     contextlib.redirect_stderr(f):
                 predict_folder(str(self.model_dir(m)), str(images), str(partial / "predictions"), folds=(m.fold,),
-                               device=self.s.device, num_processes=self.num_processes if self.num_processes > 1 else 0)
+                               device=self.s.device, use_mirroring=self.s.tta,
+                               num_processes=self.num_processes if self.num_processes > 1 else 0)
             evaluate_folders(partial / "predictions", labels, self.dataset_json["labels"], self.ending,
                              num_processes=self.num_processes, output_dir=partial / "evaluation", progress=False)
             replace_dir(partial, out)
