@@ -5,7 +5,8 @@ round datasets), the same teachers (trained once, reused by every run), then one
 per round and filter, written to ``benchmarks/results/`` with the command. Rerun to continue::
 
     python benchmarks/selftrain_rounds.py -d Dataset601_HippocampusDevL10pcts0 \\
-        --test-from Dataset600_HippocampusDevTest40s0 -p nnUNetPlans_cpuquick --teachers nnUNetTrainer nnUNetTrainerCPS --rounds 2 --epochs 40 --iters 25 \\
+        --test-from Dataset600_HippocampusDevTest40s0 -p nnUNetPlans_cpuquick \\
+        --teachers nnUNetTrainer nnUNetTrainerCPS --rounds 2 --epochs 40 --iters 25 \\
         --work selftrain_study --out benchmarks/results/selftrain_hippocampus.md
 
 The datasets are those of an ``nnunet-ssl benchmark`` study (a label-fraction split with its
