@@ -30,12 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import pickle
 import re
 import shutil
-import signal
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from nnunet_ssl.data.integrity import (FINGERPRINT_FILE, BadCase, GeometryRefere
                                        check_finite, check_image, first_line, load_reference, summarize_failures)
 from nnunet_ssl.errors import UserError
 from nnunet_ssl.utils.files import write_json_atomic
+from nnunet_ssl.utils.pool import run_case_jobs
 
 UNLABELED_FOLDER = "imagesUnlabeled"
 UNLABELED_SUFFIX = "_unlabeled"
@@ -177,12 +176,6 @@ def unlabeled_case_ids(folder: str, fingerprint: Optional[str] = None) -> List[s
     return [c for c, s in present_cases(folder).items() if fingerprint is None or s == fingerprint]
 
 
-def _ignore_sigint() -> None:
-    """Pool initializer: Ctrl-C reaches the whole process group; only the parent handles it and then
-    terminates the workers, so no worker dies half-way and gets respawned."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _preprocess_one(case: str, files: List[str], out_folder: str, plans: dict, configuration: str,
                     dataset_json: dict, fingerprint: str, reference: Optional[GeometryReference],
                     tmp_prefix: str) -> Tuple[str, Optional[str]]:
@@ -313,51 +306,14 @@ def _write_record(setup: _Setup, failed: Dict[str, str]) -> None:
 
 def _run_pool(jobs: list, num_processes: int, progress: bool, desc: str, out_folder: str,
               tmp_prefix: str) -> Dict[str, Optional[str]]:
-    """Run the jobs (in worker processes when ``num_processes > 1``); case -> error or None.
+    """Run the jobs (:func:`~nnunet_ssl.utils.pool.run_case_jobs`); on Ctrl-C the temporary folders of the
+    interrupted cases are removed."""
+    def remove_partial() -> None:
+        for name in os.listdir(out_folder):
+            if name.startswith(tmp_prefix):
+                shutil.rmtree(os.path.join(out_folder, name), ignore_errors=True)
 
-    On Ctrl-C (or any error here) the workers are terminated at once, never joined: finished cases
-    stay, the temporary folders of the interrupted ones are removed, and the interrupt propagates."""
-    from tqdm import tqdm
-
-    results: Dict[str, Optional[str]] = {}
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
-    pool = None
-    try:
-        if num_processes <= 1 or len(jobs) <= 1:
-            iterator = map(_star, jobs)
-        else:
-            pool = multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs)),
-                                                             initializer=_ignore_sigint)
-            iterator = pool.imap_unordered(_star, jobs)
-        for case, err in iterator:
-            results[case] = err
-            bar.update()
-        if pool is not None:
-            pool.close()
-            pool.join()
-            pool = None
-    finally:
-        bar.close()
-        if pool is not None:
-            _terminate(pool)
-            for name in os.listdir(out_folder):
-                if name.startswith(tmp_prefix):
-                    shutil.rmtree(os.path.join(out_folder, name), ignore_errors=True)
-    return results
-
-
-def _terminate(pool) -> None:
-    """Terminate a pool, deaf to a second Ctrl-C meanwhile (it takes well under a second)."""
-    import threading
-
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-    try:
-        pool.terminate()
-        pool.join()
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
+    return run_case_jobs(_star, jobs, num_processes, progress, desc, on_abort=remove_partial)
 
 
 def _preprocess(setup: _Setup, raw: str, all_cases: Dict[str, List[str]], num_processes: int, overwrite: bool,
