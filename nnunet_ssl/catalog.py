@@ -12,7 +12,9 @@ import pkgutil
 
 def shipped_trainers() -> dict:
     """name -> class of every concrete ``nnUNetTrainer<...>`` subclass defined in nnunet_ssl.trainers
-    (the base ``nnUNetTrainerSemiSupervised`` excluded), sorted by name."""
+    (the base ``nnUNetTrainerSemiSupervised`` excluded), sorted by name. Trainers whose checkpoints
+    ``nnUNetv2_predict`` cannot run (class attribute ``nnunet_predict_compatible = False``, e.g. the mask
+    propagator) are left out: the registry lists segmentation trainers."""
     import nnunet_ssl.trainers as pkg
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -21,7 +23,8 @@ def shipped_trainers() -> dict:
         m = importlib.import_module(f"nnunet_ssl.trainers.{mod.name}")
         for name, obj in vars(m).items():
             if (inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == m.__name__
-                    and name.startswith("nnUNetTrainer") and name != "nnUNetTrainerSemiSupervised"):
+                    and name.startswith("nnUNetTrainer") and name != "nnUNetTrainerSemiSupervised"
+                    and getattr(obj, "nnunet_predict_compatible", True)):
                 found[name] = obj
     return dict(sorted(found.items()))
 

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("nnunet_ssl.commands.benchmark", "label-fraction study: split, plan, train, predict, evaluate, report"),
     "selftrain": ("nnunet_ssl.commands.selftrain",
                   "pseudo-label rounds: teachers predict unlabeled cases, a consensus/stability filter, a student"),
+    "propagate": ("nnunet_ssl.commands.propagate", "2d reference slices + mask propagation through each volume"),
     "convert-ct-windows": ("nnunet_ssl.commands.convert_ct_windows", "CT dataset -> one [0,1] channel per CT window"),
     "feature-shift": ("nnunet_ssl.commands.feature_shift", "is the unlabeled pool far from the labeled cases?"),
 }

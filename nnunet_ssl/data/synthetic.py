@@ -44,6 +44,10 @@ class SyntheticSpec:
     # sizes as fractions of the smallest image side: (large, medium, tiny) radii
     radii: Tuple[float, float, float] = (0.28, 0.12, 0.05)
     intensities: Tuple[float, float, float, float] = (0.0, 1.0, 1.6, 2.2)
+    # 3D only: in-plane drift of every structure per slice along the first axis (voxels per slice), in a
+    # random direction per case: cross-sections move smoothly from slice to slice (mask propagation).
+    # 0 leaves the generator's output unchanged.
+    motion: float = 0.0
     extra: Dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -79,6 +83,10 @@ def make_case(spec: SyntheticSpec, rng: np.random.Generator) -> Tuple[np.ndarray
     shape = np.array(spec.shape, dtype=np.float32)
     side = float(shape.min())
     grid = _grid(spec.shape)
+    if spec.motion and spec.dim == 3:  # shear: the in-plane centre moves by `motion` voxels per slice
+        angle = rng.uniform(0, 2 * np.pi)
+        offset = spec.motion * (grid[0] - shape[0] / 2)
+        grid = [grid[0], grid[1] - offset * np.cos(angle), grid[2] - offset * np.sin(angle)]
     label = np.zeros(spec.shape, dtype=np.uint8)
     present = [True, True, True]
     if spec.dim == 2:
