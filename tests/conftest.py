@@ -48,12 +48,16 @@ def run_cmd(args, env=None, timeout=900, check=True) -> subprocess.CompletedProc
 
 
 def _prepare(dataset_id: int, name: str, spec, configurations) -> dict:
+    """Generate, plan and preprocess a dataset with nnU-Net's planning functions (those that
+    ``nnUNetv2_plan_and_preprocess -d ID -c CONFIGS -npfp 1 -np 1`` calls), in this process: no
+    interpreter start-up, one worker process per step."""
     from nnunet_ssl.data.synthetic import generate_dataset
+    from nnunet_ssl.pipeline import plan_and_preprocess
     from nnunet_ssl.planners.shrink import write_shrunk_plans
 
     raw = os.path.join(os.environ["nnUNet_raw"], name)
     summary = generate_dataset(raw, spec)
-    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", *configurations, "-np", "1"])
+    plan_and_preprocess(dataset_id, configurations, num_processes=1, verify=False)
     pre = os.path.join(os.environ["nnUNet_preprocessed"], name)
     for c in configurations:
         write_shrunk_plans(pre, c, "nnUNetPlans", CPU_PLANS, **TEST_PRESETS[c])
