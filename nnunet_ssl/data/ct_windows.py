@@ -52,7 +52,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from nnunet_ssl.errors import UserError
-from nnunet_ssl.utils.files import write_json_atomic
+from nnunet_ssl.utils.files import link_or_copy, write_json_atomic
 from nnunet_ssl.utils.pool import run_case_jobs
 
 CHANNEL_NAME = "noNorm"
@@ -245,10 +245,7 @@ def write_image(channel: np.ndarray, properties: dict, path: str) -> None:
 
 def _link_or_copy_atomic(src: str, dst: str) -> None:
     tmp = os.path.join(os.path.dirname(dst), f"{_TMP}{uuid.uuid4().hex[:8]}_{os.path.basename(dst)}")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
+    link_or_copy(src, tmp)
     os.replace(tmp, dst)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from nnunet_ssl.data.unlabeled import UNLABELED_FOLDER, cases_in_folder
 from nnunet_ssl.errors import UserError
+from nnunet_ssl.utils.files import link_or_copy
 
 RECORD_FILE = "nnunet_ssl_split.json"
 
@@ -82,13 +83,6 @@ def choose_split(cases: Sequence[str], labeled: Union[str, int], test: Union[str
     return {"labeled": expand(lab_keys), "unlabeled": expand(unl_keys), "test": expand(test_keys)}
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def make_split(source_folder: str, target_folder: str, labeled: Union[str, int], seed: int = 0,
                test: Union[str, int] = 0, group_regex: Optional[str] = None) -> Dict:
     """Write the semi-supervised dataset ``target_folder`` from ``source_folder`` (see module doc).
@@ -134,9 +128,9 @@ def make_split(source_folder: str, target_folder: str, labeled: Union[str, int],
                                    ("test", "imagesTs", "labelsTs")):
         for case in split[role]:
             for f in images[case]:
-                _link_or_copy(f, os.path.join(tmp, img_dir, os.path.basename(f)))
+                link_or_copy(f, os.path.join(tmp, img_dir, os.path.basename(f)))
             if lab_dir:
-                _link_or_copy(os.path.join(source_folder, "labelsTr", case + ending),
+                link_or_copy(os.path.join(source_folder, "labelsTr", case + ending),
                               os.path.join(tmp, lab_dir, case + ending))
     new_json = dict(dataset_json)
     new_json["numTraining"] = len(split["labeled"])
@@ -147,7 +141,7 @@ def make_split(source_folder: str, target_folder: str, labeled: Union[str, int],
         json.dump(new_json, f, indent=1)
     for extra in ("categoryLabels.json",):
         if os.path.isfile(os.path.join(source_folder, extra)):
-            _link_or_copy(os.path.join(source_folder, extra), os.path.join(tmp, extra))
+            link_or_copy(os.path.join(source_folder, extra), os.path.join(tmp, extra))
     with open(os.path.join(tmp, RECORD_FILE), "w") as f:
         json.dump(record, f, indent=1)
     if os.path.isdir(target_folder):  # exists but empty

@@ -21,10 +21,9 @@ import os
 import shutil
 from typing import Dict, List, Mapping, Sequence
 
-from nnunet_ssl.data.split import _link_or_copy
 from nnunet_ssl.data.unlabeled import UNLABELED_FOLDER
 from nnunet_ssl.errors import UserError
-from nnunet_ssl.utils.files import write_json_atomic
+from nnunet_ssl.utils.files import link_or_copy, write_json_atomic
 
 OWNER_FILE = "selftrain_round.json"
 PSEUDO_FILE = "pseudoLabels.json"
@@ -59,19 +58,19 @@ def write_round_dataset(source: str, target: str, owner: Mapping, labeled: Mappi
         os.makedirs(os.path.join(tmp, sub))
     for case, files in labeled.items():
         for f in files:
-            _link_or_copy(f, os.path.join(tmp, "imagesTr", os.path.basename(f)))
-        _link_or_copy(os.path.join(source, "labelsTr", case + ending), os.path.join(tmp, "labelsTr", case + ending))
+            link_or_copy(f, os.path.join(tmp, "imagesTr", os.path.basename(f)))
+        link_or_copy(os.path.join(source, "labelsTr", case + ending), os.path.join(tmp, "labelsTr", case + ending))
     for case, files in unlabeled.items():
         accepted = case in pseudo_labels
         for f in files:
-            _link_or_copy(f, os.path.join(tmp, "imagesTr" if accepted else UNLABELED_FOLDER, os.path.basename(f)))
+            link_or_copy(f, os.path.join(tmp, "imagesTr" if accepted else UNLABELED_FOLDER, os.path.basename(f)))
         if accepted:
             shutil.copyfile(pseudo_labels[case], os.path.join(tmp, "labelsTr", case + ending))
     for sub in ("imagesTs", "labelsTs"):
         if os.path.isdir(os.path.join(source, sub)):
             os.makedirs(os.path.join(tmp, sub))
             for name in sorted(os.listdir(os.path.join(source, sub))):
-                _link_or_copy(os.path.join(source, sub, name), os.path.join(tmp, sub, name))
+                link_or_copy(os.path.join(source, sub, name), os.path.join(tmp, sub, name))
     out_json = {**dict(dataset_json), "numTraining": len(labeled) + len(pseudo_labels)}
     out_json.pop("dataset", None)
     write_json_atomic(os.path.join(tmp, "dataset.json"), out_json)
