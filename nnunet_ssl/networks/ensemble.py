@@ -58,23 +58,31 @@ class SoftmaxEnsemble(nn.Module):
         return mean_softmax_logits(outputs)
 
 
-def ensemble_builder(member_builder: Callable[..., nn.Module], num_members: int) -> Callable[..., nn.Module]:
-    """A ``build_network_architecture`` (nnU-Net's signature) that builds ``num_members`` networks
-    with ``member_builder`` and returns them as a :class:`SoftmaxEnsemble`.
+def ensemble_of(builders: Sequence[Callable[..., nn.Module]],
+                member_builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """A ``build_network_architecture`` (nnU-Net's signature) that builds one network with each of
+    ``builders`` and returns them as a :class:`SoftmaxEnsemble` (member ``i`` from ``builders[i]``).
 
-    The returned function keeps ``member_builder`` as its ``member_builder`` attribute: training
-    builds single networks with it, inference (nnU-Net's predictor) the ensemble.
+    The returned function keeps ``member_builder`` as its ``member_builder`` attribute (what training
+    builds ``self.network`` with; inference, i.e. nnU-Net's predictor, builds the ensemble) and
+    ``num_members``.
     """
-    member_builder = getattr(member_builder, "member_builder", member_builder)  # never nest ensembles
-    if num_members < 1:
-        raise ValueError(f"an ensemble needs at least one member network, got {num_members}")
+    if len(builders) < 1:
+        raise ValueError(f"an ensemble needs at least one member network, got {len(builders)}")
 
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        return SoftmaxEnsemble([member_builder(plans_manager, configuration_manager, num_input_channels,
-                                               num_output_channels, enable_deep_supervision)
-                                for _ in range(num_members)])
+        return SoftmaxEnsemble([build(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                      enable_deep_supervision) for build in builders])
 
     build_network_architecture.member_builder = member_builder
-    build_network_architecture.num_members = num_members
+    build_network_architecture.num_members = len(builders)
     return build_network_architecture
+
+
+def ensemble_builder(member_builder: Callable[..., nn.Module], num_members: int) -> Callable[..., nn.Module]:
+    """:func:`ensemble_of` ``num_members`` networks of one architecture, each built by ``member_builder``."""
+    member_builder = getattr(member_builder, "member_builder", member_builder)  # never nest ensembles
+    if num_members < 1:
+        raise ValueError(f"an ensemble needs at least one member network, got {num_members}")
+    return ensemble_of([member_builder] * num_members, member_builder)

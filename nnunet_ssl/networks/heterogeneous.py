@@ -104,3 +104,15 @@ def build_partner_network(configuration_manager, num_input_channels: int, num_ou
     net = get_network_from_plans(target, kwargs, requires_import, num_input_channels, num_output_channels,
                                  allow_init=True, deep_supervision=enable_deep_supervision)
     return net, target
+
+
+def partner_builder(requested: str = ""):
+    """A ``build_network_architecture`` (nnU-Net's signature) building the partner architecture (``requested``,
+    '' = the default partner of the plans' architecture) from the same plans."""
+
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        return build_partner_network(configuration_manager, num_input_channels, num_output_channels,
+                                     enable_deep_supervision, requested)[0]
+
+    return build_network_architecture

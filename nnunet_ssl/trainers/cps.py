@@ -6,8 +6,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ssl.errors import UserError
 from nnunet_ssl.losses.consistency import cross_pseudo_supervision
-from nnunet_ssl.networks.ensemble import SoftmaxEnsemble
-from nnunet_ssl.networks.heterogeneous import build_partner_network
+from nnunet_ssl.networks.ensemble import ensemble_of
+from nnunet_ssl.networks.heterogeneous import build_partner_network, partner_builder
 from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised, split_output
 from nnunet_ssl.utils.modules import full_resolution
 
@@ -78,20 +78,9 @@ class nnUNetTrainerCPSHetero(nnUNetTrainerCPS):
 
 def hetero_pair_builder(network_b_architecture: str):
     """A ``build_network_architecture`` (nnU-Net's signature) building the ensemble of A (the plans'
-    architecture) and B (``network_b_architecture``, '' = the default partner); training builds A alone
-    through its ``member_builder``."""
-
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True):
-        a = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                     num_output_channels, enable_deep_supervision)
-        b, _ = build_partner_network(configuration_manager, num_input_channels, num_output_channels,
-                                     enable_deep_supervision, network_b_architecture)
-        return SoftmaxEnsemble([a, b])
-
-    build_network_architecture.member_builder = nnUNetTrainer.build_network_architecture
-    build_network_architecture.num_members = 2
-    return build_network_architecture
+    architecture) and B (``network_b_architecture``, '' = the default partner); training builds A alone."""
+    plans_builder = nnUNetTrainer.build_network_architecture
+    return ensemble_of([plans_builder, partner_builder(network_b_architecture)], plans_builder)
 
 
 class nnUNetTrainerCPSHetero_Ensemble(nnUNetTrainerCPSHetero):
