@@ -68,7 +68,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from nnunet_ssl.benchmark.presets import Preset, get_preset
 from nnunet_ssl.errors import UserError
-from nnunet_ssl.utils.files import write_json_atomic
+from nnunet_ssl.utils.files import output_to_log, write_json_atomic
 
 STUDY_FILE = "study.json"
 PREPARED_FILE = "nnunet_ssl_benchmark.json"
@@ -471,7 +471,7 @@ class _Executor:
             return
         log_path = self.out / "logs" / f"prepare_{split.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with output_to_log(log_path):
             plan_and_preprocess(split.id, (self.configuration,), self.num_processes)
             if shrink is not None:
                 write_shrunk_plans(str(pre), self.configuration, "nnUNetPlans", self.preset.plans, **shrink)
@@ -547,8 +547,7 @@ class _Executor:
             say(f"predicting {len(self.d.test_cases)} test cases")
             tmp = run_dir / "predictions.partial"
             shutil.rmtree(tmp, ignore_errors=True)
-            with open(run_dir / "predict.log", "a") as log, contextlib.redirect_stdout(log), \
-                    contextlib.redirect_stderr(log):
+            with output_to_log(run_dir / "predict.log"):
                 predict_folder(str(model.parent), str(self.test_folder / "imagesTs"), str(tmp), folds=(FOLD,),
                                device=self.device, use_mirroring=self.preset.use_mirroring,
                                num_processes=self.num_processes if self.num_processes > 1 else 0)

@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from nnunet_ssl.errors import UserError
-from nnunet_ssl.utils.files import write_json_atomic
+from nnunet_ssl.utils.files import output_to_log, write_json_atomic
 
 SETTINGS_FILE = "selftrain.json"
 FILTERS = ("consensus", "stability", "none")
@@ -246,9 +246,7 @@ class SelfTraining:
         shutil.rmtree(partial, ignore_errors=True)
         log = self.round_dir(r) / "logs" / f"predict_{m.tag}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        import contextlib
-
-        with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        with output_to_log(log):
             predict_folder(str(self.model_dir(m)), str(inputs), str(partial), folds=(m.fold,), device=self.s.device,
                            use_mirroring=self.s.tta,
                            num_processes=self.num_processes if self.num_processes > 1 else 0,
@@ -352,7 +350,7 @@ class SelfTraining:
 
         from nnunet_ssl.benchmark.study import trainer_needs_unlabeled
         from nnunet_ssl.data.integrity import FINGERPRINT_FILE
-        from nnunet_ssl.data.unlabeled import preprocess_unlabeled
+        from nnunet_ssl.data.unlabeled import preprocess_unlabeled, raw_dataset_folder
         from nnunet_ssl.selftrain.dataset import splits_with_pseudo_labels
 
         if self._done(r).get("preprocess"):
@@ -363,8 +361,6 @@ class SelfTraining:
             raise UserError(f"{src / (self.s.plans + '.json')} not found: plan and preprocess the source first "
                             f"(nnUNetv2_plan_and_preprocess -d {self.source_name})")
         dst.mkdir(parents=True, exist_ok=True)
-        from nnunet_ssl.data.unlabeled import raw_dataset_folder
-
         shutil.copyfile(os.path.join(raw_dataset_folder(name), "dataset.json"), dst / "dataset.json")
         if (src / FINGERPRINT_FILE).is_file():
             shutil.copyfile(src / FINGERPRINT_FILE, dst / FINGERPRINT_FILE)
@@ -372,9 +368,7 @@ class SelfTraining:
         self.say(f"round {r}: preprocessing {name}")
         log = self.round_dir(r) / "logs" / "preprocess.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        import contextlib
-
-        with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        with output_to_log(log):
             preprocess_dataset(int(name[7:10]), self.s.plans, (self.s.configuration,), (self.num_processes,),
                                show_progress_bar=False)
         accepted = sorted(c for c, v in rows.items() if v["accepted"])
@@ -399,13 +393,10 @@ class SelfTraining:
             return None
         summary = out / "evaluation" / SUMMARY_JSON
         if not summary.is_file():
-            import contextlib
-
             partial = out.with_name(out.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
-            with open(partial / "predict.log", "a") as f, contextlib.redirect_stdout(f), \
-                    contextlib.redirect_stderr(f):
+            with output_to_log(partial / "predict.log"):
                 predict_folder(str(self.model_dir(m)), str(images), str(partial / "predictions"), folds=(m.fold,),
                                device=self.s.device, use_mirroring=self.s.tta,
                                num_processes=self.num_processes if self.num_processes > 1 else 0)
