@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "nnUNetv2_train with an explicit budget (epochs, iterations) for any trainer"),
     "shrink-plans": ("nnunet_ssl.commands.shrink_plans",
                      "write a small CPU-sized copy of a plans file (patch, features, batch size)"),
+    "plan": ("nnunet_ssl.commands.plan", "nnU-Net plans sized for a trainer's GPU memory (target / activation factor)"),
     "demo": ("nnunet_ssl.commands.demo",
              "generate a small synthetic dataset, train nnUNetTrainer and Mean Teacher on CPU, print Dice"),
     "evaluate": ("nnunet_ssl.commands.evaluate", "per-case Dice, IoU, NSD, HD95, ASD of predictions vs references"),

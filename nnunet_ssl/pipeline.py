@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 
 @contextmanager
-def _planning_threads() -> Iterator[None]:
+def planning_threads() -> Iterator[None]:
     """nnU-Net's planner calls ``torch.set_num_threads(nnUNet_n_proc_DA)``, which fails for
     ``nnUNet_n_proc_DA=0`` (single-threaded augmentation); plan with 1 in that case."""
     old = os.environ.get("nnUNet_n_proc_DA")
@@ -39,7 +39,7 @@ def plan_and_preprocess(dataset_id: int, configurations: Sequence[str] = ("3d_fu
 
     if int(num_processes) < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    with _planning_threads():
+    with planning_threads():
         extract_fingerprints([int(dataset_id)], num_processes=int(num_processes), check_dataset_integrity=verify)
         plan_experiments([int(dataset_id)])
         preprocess([int(dataset_id)], configurations=tuple(configurations),

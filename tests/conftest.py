@@ -38,6 +38,17 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def run_cmd(args, env=None, timeout=900, check=True) -> subprocess.CompletedProcess:
     """Run a command, returning its output; on failure show the tail of stdout/stderr."""
     p = subprocess.run(args, env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)

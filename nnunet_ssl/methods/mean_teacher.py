@@ -24,6 +24,7 @@ class MeanTeacherTrainer(nnUNetTrainerSemiSupervised):
 
     teacher_sources = {"teacher": "network"}
     cost_model = {"forward": 3, "backward": 2}  # student on labeled+unlabeled (2), teacher on unlabeled (1)
+    activation_factor = 2  # student graph on labeled + unlabeled (benchmarks/results/activation_memory.md)
 
     def teacher_input(self, x: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(x.shape, generator=self.generator).to(x.device, x.dtype) * self.teacher_noise_std

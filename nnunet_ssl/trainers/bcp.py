@@ -109,6 +109,7 @@ class nnUNetTrainerBCP(nnUNetTrainerSemiSupervised):
     unused_hyperparameters = ("consistency_weight",)  # BCP weighs regions (u_weight), not a loss term
     e2e_configurations = ("3d_fullres", "2d")
     cost_model = {"forward": 3, "backward": 2}  # self-train: student on 2 mixed batches, teacher on unlabeled
+    activation_factor = 2  # self-train: student graph on both mixed batches (activation_memory.md)
     # (pre-train, e.g. epoch 0 of a 1000-epoch run: 1 forward + 1 backward, as nnUNetTrainer)
 
     self_training = False

@@ -71,6 +71,7 @@ class nnUNetTrainerCoLearning(nnUNetTrainerSemiSupervised):
     teacher_sources = {"teacher_1": "network", "teacher_2": "network_b"}
     unused_hyperparameters = ("ema_decay",)  # the teachers' decay is 1 − ema_alpha − ema_beta
     cost_model = {"forward": 8, "backward": 6}  # two students on labeled+unlabeled+mixed (2x3), two teachers (2)
+    activation_factor = 6  # both students' graphs on labeled + unlabeled + mixed (activation_memory.md)
 
     def initialize(self):
         super().initialize()

@@ -27,6 +27,7 @@ class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
 
     extra_network_names = ("network_b",)
     cost_model = {"forward": 4, "backward": 4}  # two networks on labeled+unlabeled
+    activation_factor = 4  # A and B graphs on labeled + unlabeled (benchmarks/results/activation_memory.md)
 
     def compute_losses(self, data, target, unlabeled):
         n = data.shape[0]
@@ -66,6 +67,7 @@ class nnUNetTrainerCPSHetero(nnUNetTrainerCPS):
     ResidualEncoderUNet)."""
 
     cost_model = {"forward": 5, "backward": 5}
+    activation_factor = 5  # A's graph and the larger B's on labeled + unlabeled (activation_memory.md)
 
     def build_extra_network(self, name: str):
         net, target = build_partner_network(self.configuration_manager, self.num_input_channels,

@@ -53,6 +53,7 @@ class nnUNetTrainerDHC(ClassWeightedPairTrainer):
     unused_hyperparameters = ("ema_decay", "seed")
 
     cost_model = {"forward": 4, "backward": 4}  # two students on labeled+unlabeled
+    activation_factor = 4  # A and B graphs on labeled + unlabeled (benchmarks/results/activation_memory.md)
 
     def compute_losses(self, data, target, unlabeled):
         n = data.shape[0]

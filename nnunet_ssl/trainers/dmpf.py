@@ -99,6 +99,7 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
     seg_ce_weight = 0.5
     # two students on labeled+unlabeled and on their mix (2 x 3), two teachers on unlabeled (2)
     cost_model = {"forward": 8, "backward": 6}
+    activation_factor = 6  # A and B graphs on labeled + unlabeled and on their mixes (activation_memory.md)
 
     def initialize(self):
         if self.strong_mix not in STRONG_MIXES:

@@ -92,6 +92,7 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervised):
     extra_network_names = ("network_b",)
     e2e_configurations = ("3d_fullres", "2d")
     cost_model = {"forward": 4, "backward": 4}  # two networks on labeled+unlabeled
+    activation_factor = 6  # A and B on labeled + unlabeled + the CGMM terms on features (activation_memory.md)
 
     def initialize(self):
         unknown = sorted(set(self.cgmm_terms) - set(CGMM_TERMS))
@@ -199,6 +200,7 @@ class nnUNetTrainerGuidedNet_NoKT(nnUNetTrainerGuidedNet):
 class nnUNetTrainerGuidedNet_NoCGMM(nnUNetTrainerGuidedNet):
     """GuidedNet without the 3D-CGMM: KT-CPS only, no CGMM term."""
     cgmm_terms = ()
+    activation_factor = 4  # as CPS: A and B graphs only (benchmarks/results/activation_memory.md)
 
 
 class nnUNetTrainerGuidedNet_Lgt(nnUNetTrainerGuidedNet):

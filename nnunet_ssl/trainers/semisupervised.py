@@ -123,6 +123,16 @@ def non_finite_loss_message(trainer_name: str, value: float, terms: Dict[str, ob
             f"the input images for NaN/inf")
 
 
+def plans_fit_gpu(activation_factor: float, per_network_gb: float, plans_gb: float, gpu_gb: float) -> bool:
+    """Whether a step holding ``activation_factor`` x one network's activations fits, when nnU-Net's planner
+    gave one network ``per_network_gb`` of plans meant to fill ``plans_gb`` (nnU-Net's own plans: both its
+    target; ``nnunet-ssl plan`` for a trainer of factor f on G GB: G/f and G) on a GPU of ``gpu_gb``:
+    ``activation_factor * per_network_gb <= max(plans_gb, gpu_gb)``. So plans made for this trainer (or a
+    hungrier one) always fit, and nnU-Net's own plans fit a larger GPU when the factor times their target
+    stays within it. The 1e-6 slack keeps ``f * (G/f)`` from exceeding G by a rounding error."""
+    return activation_factor * per_network_gb <= max(plans_gb, gpu_gb) * (1 + 1e-6)
+
+
 def weight_fingerprint(module: nn.Module) -> Tuple[List[str], torch.Tensor]:
     """State-dict keys and, per entry, (sum, sum of squares) in float64: a row changes when the entry is
     overwritten (e.g. by nnU-Net's ``load_pretrained_weights``)."""
@@ -185,9 +195,15 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     cost_model: Dict[str, float] = {}
     """Expected compute per step for benchmarks/iteration_cost.py: {"forward": f, "backward": b}, passes
     in units of one labeled batch (nnUNetTrainer: 1 and 1)."""
+    activation_factor: float = 1
+    """Activation memory of a training step as a multiple of nnUNetTrainer's on the same plans and labeled
+    batch (networks x batches held for backward, measured by benchmarks/activation_memory.py, rounded up).
+    nnU-Net plans one network per GPU memory target; ``nnunet-ssl plan -tr <trainer>`` plans with the target
+    divided by this factor, and :meth:`warn_if_plans_exceed_gpu` checks it at the start of a CUDA run."""
 
     STRUCTURAL = ("requires_unlabeled", "extra_network_names", "teacher_sources", "inference_model", "cost_model",
-                  "requires_category_labels", "e2e_configurations", "unused_hyperparameters", "supports_regions")
+                  "activation_factor", "requires_category_labels", "e2e_configurations", "unused_hyperparameters",
+                  "supports_regions")
     """Annotated class attributes that describe the method's structure, not per-run settings."""
 
     def __init_subclass__(cls, **kwargs):
@@ -368,6 +384,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     def on_train_start(self):
         self._unlabeled_cases = self.ensure_unlabeled_preprocessed() if self.requires_unlabeled else []
         super().on_train_start()
+        self.warn_if_plans_exceed_gpu()
         self.print_to_log_file(f"nnunet_ssl {type(self).__name__} hyper-parameters: {self.hyperparameters()}")
         if self.applied_overrides:
             self.print_to_log_file(f"nnunet_ssl overrides from nnUNet_ssl_overrides: {self.applied_overrides}")
@@ -377,6 +394,26 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
             self.share_pretrained_weights()
             for name, source in self.teacher_sources.items():
                 self.teachers[name].copy_from(self.trainable_networks()[source])
+
+    def warn_if_plans_exceed_gpu(self) -> None:
+        """On CUDA, a WARNING with the ``nnunet-ssl plan`` command when this trainer's activations
+        (``activation_factor`` x one network's, per GPU's share of the batch) do not fit the plans
+        (:func:`plans_fit_gpu`; what the plans were made for: :func:`nnunet_ssl.commands.plan.plans_memory`)."""
+        if self.device.type != "cuda" or self.activation_factor <= 1:
+            return
+        from nnunet_ssl.commands.plan import plan_command, plans_memory
+
+        plans = self.plans_manager.plans
+        per_network, plans_gb, how = plans_memory(plans, self.configuration_name)
+        per_network *= self.batch_size / self.configuration_manager.batch_size  # under DDP: this GPU's share
+        gpu_gb = torch.cuda.get_device_properties(self.device).total_memory / 2 ** 30
+        if not plans_fit_gpu(self.activation_factor, per_network, plans_gb, gpu_gb):
+            self.print_to_log_file(
+                f"WARNING: {type(self).__name__} holds about {self.activation_factor:g}x the activations of "
+                f"nnUNetTrainer, but plans {self.plans_manager.plans_name} give one network {per_network:.3g} GB "
+                f"({how}): about {self.activation_factor * per_network:.3g} GB, more than this GPU's "
+                f"{gpu_gb:.3g} GB, so training may run out of GPU memory mid-run. Plans sized for this trainer: "
+                f"{plan_command(self.plans_manager.dataset_name, type(self).__name__, self.configuration_name, plans)}")
 
     def share_pretrained_weights(self) -> None:
         """Give every extra network the ``-pretrained_weights`` nnU-Net loaded into ``self.network``.

@@ -73,6 +73,7 @@ class nnUNetTrainerSimCLR(ContrastiveSegmentationTrainer):
         return flip_and_jitter(x, flips, scale, shift)
 
     cost_model = {"forward": 3, "backward": 3}  # one pass over labeled, unlabeled and the second view
+    activation_factor = 3  # one graph on labeled, unlabeled and the second view (activation_memory.md)
 
     def compute_losses(self, data, target, unlabeled):
         n, m = data.shape[0], unlabeled.shape[0]

@@ -51,6 +51,7 @@ class nnUNetTrainerUAMT(MeanTeacherTrainer):
     """Ramp-up length of the threshold as a fraction of all training iterations (reference: all)."""
 
     cost_model = {"forward": 10, "backward": 2}  # student on labeled+unlabeled (2), teacher T = 8 passes
+    activation_factor = 5  # student graph (2) + the T noisy teacher passes in one forward (activation_memory.md)
 
     @torch.no_grad()
     def noisy_teacher_probs(self, x_u: torch.Tensor) -> torch.Tensor:

@@ -1,20 +1,9 @@
 """The multi-seed summary of benchmarks/demo_quality.py: mean ± std, wins and the pooled paired test."""
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _module():
-    path = os.path.join(HERE, "..", "..", "benchmarks", "demo_quality.py")
-    spec = importlib.util.spec_from_file_location("demo_quality", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_benchmark
 
 
 def _result(base, other, cases):
@@ -25,7 +14,7 @@ def _result(base, other, cases):
 def test_summary_over_seeds():
     cases = [f"c{i}" for i in range(4)]
     per_seed = {0: _result(0.5, 0.7, cases), 1: _result(0.6, 0.5, cases), 2: _result(0.4, 0.6, cases)}
-    rows = {r[0]: r for r in _module().summarise(per_seed, "nnUNetTrainer")}
+    rows = {r[0]: r for r in load_benchmark("demo_quality").summarise(per_seed, "nnUNetTrainer")}
     trainer, stats, wins, test = rows["X"]
     # X: 0.7, 0.5, 0.6 -> mean 0.6, population std sqrt(((.1)^2 + (.1)^2 + 0) / 3) = 0.08165
     assert stats["mean"] == pytest.approx((0.6, 0.0816497), abs=1e-6)
