@@ -6,9 +6,9 @@ semi-supervised step holds more graphs at once (two batches, two networks, a mix
 script measures, in one training step on the CPU, with one fixed labeled batch (and one fixed
 unlabeled batch) shared by every trainer on the same plans:
 
-- ``saved``: bytes of the tensors autograd saves for backward, counted in
+- ``saved``: the peak bytes of the tensors autograd has saved for backward and still holds, counted in
   ``torch.autograd.graph.saved_tensors_hooks``' pack hook, each storage once (a view or a tensor
-  saved by two ops counts once); storages of the networks' parameters and buffers are left out
+  saved by two ops counts once) until it is freed (a backward frees its graph's); storages of the networks' parameters and buffers are left out
   (weights, not activations; a conv saves its weight);
 - ``peak``: the peak of live tensor bytes during the step (forward, losses, backward, optimizer step,
   EMA updates), tracked by a ``TorchDispatchMode`` that sees every aten op, also those autograd runs
@@ -20,8 +20,9 @@ unlabeled batch) shared by every trainer on the same plans:
 
 Both are divided by nnUNetTrainer's on the same plans and labeled batch. ``design`` is the ratio the
 method warrants: networks × batches that keep a graph for backward, in labeled-batch units (the
-``backward`` entry of the trainer's ``cost_model``: Mean Teacher 1 network × 2 batches = 2, CPS
-2 × 2 = 4, DMPF 2 × 3 = 6). Teachers run without gradient and add only their transient forward
+``backward`` entry of the trainer's ``cost_model``: Mean Teacher 1 network × 2 batches = 2, DHC
+2 × 2 = 4, DMPF 2 × 3 = 6; or its ``held`` entry for a step that backpropagates network by network:
+CPS 1 × 2 = 2 of 4). Teachers run without gradient and add only their transient forward
 activations to the peak. The trainer's declared ``activation_factor`` must be at least the factor the
 measurement supports (:func:`suggested_factor`: the larger ratio, rounded up).
 
@@ -67,7 +68,10 @@ def _storages(tensors: Iterable) -> list:
 
 
 class SavedTensorBytes:
-    """Context manager: ``bytes`` of the distinct storages autograd saves for backward inside it.
+    """Context manager: ``bytes``, the peak of the bytes of distinct storages autograd has saved for
+    backward inside it and that are still alive (a graph freed by its backward releases them, so a step
+    that backpropagates one network's graph before building the next peaks at the larger graph);
+    ``total``: all such bytes, freed or not; ``count``: the storages.
 
     ``exclude``: tensors whose storages are not counted (the networks' parameters and buffers).
     Storages are told apart by identity while they live, so a freed storage whose memory is reused
@@ -76,15 +80,24 @@ class SavedTensorBytes:
     def __init__(self, exclude: Iterable[torch.Tensor] = ()):
         self._exclude = {st.data_ptr() for st in _storages(exclude) if st.nbytes()}
         self._seen = WeakIdKeyDictionary()
+        self.current = 0
         self.bytes = 0
+        self.total = 0
         self.count = 0
+
+    def _release(self, nbytes: int) -> None:
+        self.current -= nbytes
 
     def _pack(self, t: torch.Tensor):
         st = t.untyped_storage()
         if st not in self._seen and st.data_ptr() not in self._exclude:
+            n = st.nbytes()
             self._seen[st] = True
-            self.bytes += st.nbytes()
+            self.current += n
+            self.total += n
+            self.bytes = max(self.bytes, self.current)
             self.count += 1
+            weakref.finalize(st, self._release, n)
         return t
 
     @staticmethod
@@ -137,12 +150,15 @@ def model_tensors(trainer) -> list:
 
 
 def design_ratio(trainer_cls) -> tuple[float, str]:
-    """(networks × batches with a graph, formula) from the trainer's ``cost_model`` backward passes."""
+    """(networks × batches with a graph alive at once, formula) from the trainer's ``cost_model``: its
+    ``held`` entry (a step that backpropagates part by part), else its backward passes."""
     if trainer_cls is None:
         return 1.0, "1 network × 1 batch"
     model = getattr(trainer_cls, "cost_model", None)
     if not model:
         return float("nan"), "n/a"
+    if "held" in model:
+        return float(model["held"]), f"{float(model['held']):g} held of {float(model['backward']):g} backward passes"
     return float(model["backward"]), f"{float(model['backward']):g} backward passes (cost_model)"
 
 
@@ -256,8 +272,9 @@ def report(sections: dict, shipped: dict, command: str) -> list:
              "One step on the CPU after one warm-up step, every trainer on the same labeled (and unlabeled) batch "
              "of the same plans. `saved`: distinct storages saved for backward (weights excluded); `peak`: peak of "
              "live tensor bytes created during the step; both divided by nnUNetTrainer's on the same plans and "
-             "batch. `design`: networks × batches holding a graph for backward (the `backward` entry of the "
-             "trainer's `cost_model`). `supported`: the larger ratio rounded up to a whole number (a ratio at most "
+             "batch; `saved` is the peak of the storages alive at once (a step that backpropagates network by network "
+             "frees one graph before the next). `design`: networks × batches holding a graph for backward at once "
+             "(the `held` entry of the trainer's `cost_model`, else its `backward` entry). `supported`: the larger ratio rounded up to a whole number (a ratio at most "
              f"{TOLERANCE:.0%} above one rounds down to it); `activation_factor`: what the trainer declares, "
              f"which must cover `supported` on nnU-Net's own plans (`{REFERENCE_PLANS}`: the architecture a GPU run "
              "trains, 32 features at full resolution). The shrunk CPU plans (8 features at full resolution, where "

@@ -54,6 +54,11 @@ def hard_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
     return class_argmax(logits.detach().float())
 
 
+def pseudo_label_ce(logits: torch.Tensor, pseudo_labels: torch.Tensor) -> torch.Tensor:
+    """Plain cross-entropy of ``logits`` against hard ``pseudo_labels`` (one direction of CPS)."""
+    return F.cross_entropy(logits.float(), pseudo_labels)
+
+
 def cross_pseudo_supervision(logits_a: torch.Tensor, logits_b: torch.Tensor,
                              ce: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
                              ce_b: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
@@ -64,6 +69,6 @@ def cross_pseudo_supervision(logits_a: torch.Tensor, logits_b: torch.Tensor,
     direction carries the class weights of the network that made the pseudo-labels.
     Pseudo-labels carry no gradient.
     """
-    ce = ce or (lambda logits, labels: F.cross_entropy(logits.float(), labels))
+    ce = ce or pseudo_label_ce
     ce_b = ce_b or ce
     return ce(logits_a, hard_pseudo_labels(logits_b)) + ce_b(logits_b, hard_pseudo_labels(logits_a))

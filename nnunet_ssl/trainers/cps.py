@@ -5,11 +5,11 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ssl.errors import UserError
-from nnunet_ssl.losses.consistency import cross_pseudo_supervision
+from nnunet_ssl.losses.consistency import cross_pseudo_supervision, hard_pseudo_labels, pseudo_label_ce
 from nnunet_ssl.networks.ensemble import ensemble_of
 from nnunet_ssl.networks.heterogeneous import build_partner_network, partner_builder
 from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised, split_output
-from nnunet_ssl.utils.modules import full_resolution
+from nnunet_ssl.utils.modules import full_resolution, repeatable_per_sample
 
 
 class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
@@ -26,10 +26,16 @@ class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
     """w_max of the CPS term."""
 
     extra_network_names = ("network_b",)
-    cost_model = {"forward": 4, "backward": 4}  # two networks on labeled+unlabeled
-    activation_factor = 4  # A and B graphs on labeled + unlabeled (benchmarks/results/activation_memory.md)
+    # one graph at a time: A, then B, each on labeled+unlabeled (backward 4, held 2); plus B's gradient-free
+    # pass on the unlabeled batch for A's pseudo-labels (forward 4 + 1)
+    cost_model = {"forward": 5, "backward": 4, "held": 2}
+    # one network's graph on labeled + unlabeled (saved 1.98x), but the peak also holds A's gradients and
+    # pseudo-labels while B's graph is alive: 2.16x on nnU-Net's plans (benchmarks/results/activation_memory.md)
+    activation_factor = 3
 
     def compute_losses(self, data, target, unlabeled):
+        if self.one_graph_per_network and repeatable_per_sample(self.network, self.extra_networks["network_b"]):
+            return self._losses_one_graph_at_a_time(data, target, unlabeled)
         n = data.shape[0]
         x = torch.cat([data, unlabeled])
         out_a_l, out_a_u = split_output(self.network(x), n)
@@ -37,6 +43,30 @@ class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
         loss_sup = self.loss(out_a_l, target) + self.loss(out_b_l, target)
         loss_cps = cross_pseudo_supervision(full_resolution(out_a_u), full_resolution(out_b_u))
         w = self.rampup_weight()
+        return {"loss": loss_sup + w * loss_cps, "loss_sup": loss_sup, "loss_cps": loss_cps, "w_cps": w}
+
+    def _losses_one_graph_at_a_time(self, data, target, unlabeled):
+        """The same loss and gradients with one network's graph alive at a time. A's part
+        ``L_sup(A) + w·CE(f_A(x_u), argmax f_B(x_u))`` needs only B's pseudo-labels, which a gradient-free
+        pass of B over the unlabeled batch gives; A's part is backpropagated and freed, keeping A's
+        pseudo-labels, then B's part ``L_sup(B) + w·CE(f_B(x_u), argmax f_A(x_u))`` is. The extra pass equals
+        B's unlabeled output in the joint pass because nnU-Net's networks treat each sample on its own (networks
+        with batch statistics or dropout take the joint step)."""
+        n = data.shape[0]
+        x = torch.cat([data, unlabeled])
+        net_a, net_b = self.network, self.extra_networks["network_b"]
+        w = self.rampup_weight()
+        with torch.no_grad():
+            pseudo_b = hard_pseudo_labels(full_resolution(net_b(unlabeled)))
+        out_l, out_u = split_output(net_a(x), n)
+        sup_a, logits_u = self.loss(out_l, target), full_resolution(out_u)
+        cps_a, pseudo_a = pseudo_label_ce(logits_u, pseudo_b), hard_pseudo_labels(logits_u)
+        self.backward_part(sup_a + w * cps_a)
+        del out_l, out_u, logits_u  # A's graph is gone once these go
+        out_l, out_u = split_output(net_b(x), n)
+        sup_b, cps_b = self.loss(out_l, target), pseudo_label_ce(full_resolution(out_u), pseudo_a)
+        self.backward_part(sup_b + w * cps_b)
+        loss_sup, loss_cps = (sup_a + sup_b).detach(), (cps_a + cps_b).detach()
         return {"loss": loss_sup + w * loss_cps, "loss_sup": loss_sup, "loss_cps": loss_cps, "w_cps": w}
 
 
@@ -59,15 +89,16 @@ class nnUNetTrainerCPSHetero(nnUNetTrainerCPS):
     ``-pretrained_weights`` reaches B only where its entries match A's (usually none); the start-up log
     says so. B's compute differs from A's: ``cost_model`` assumes B costs about 1.4 A (multiply-accumulates
     of ResidualEncoderUNet with nnU-Net's 1-3-4 blocks against PlainConvUNet's 2 convolutions per stage,
-    counted on the iteration-cost plans: 32³ patch, features 8/16/32), so 2 + 2.8 ≈ 5 labeled-batch passes.
+    counted on the iteration-cost plans: 32³ patch, features 8/16/32), so 2 + 2.8 ≈ 5 labeled-batch passes
+    backward, one at a time (B's 2.8 held), and 1.4 more forward for B's pseudo-labels.
     """
 
     network_b_architecture: str = ""
     """Class path of network B ('' = the partner of the plans' architecture: PlainConvUNet ↔
     ResidualEncoderUNet)."""
 
-    cost_model = {"forward": 5, "backward": 5}
-    activation_factor = 5  # A's graph and the larger B's on labeled + unlabeled (activation_memory.md)
+    cost_model = {"forward": 6, "backward": 5, "held": 3}  # + B's gradient-free pass on the unlabeled batch
+    activation_factor = 3  # the larger B's graph on labeled + unlabeled (activation_memory.md)
 
     def build_extra_network(self, name: str):
         net, target = build_partner_network(self.configuration_manager, self.num_input_channels,

@@ -194,7 +194,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     overrides. ``ema_decay`` is left out automatically for methods without EMA teachers."""
     cost_model: Dict[str, float] = {}
     """Expected compute per step for benchmarks/iteration_cost.py: {"forward": f, "backward": b}, passes
-    in units of one labeled batch (nnUNetTrainer: 1 and 1)."""
+    in units of one labeled batch (nnUNetTrainer: 1 and 1); optionally "held": the graphs (networks x
+    batches) alive at once for backward, when the step backpropagates part by part (default: "backward")."""
     activation_factor: float = 1
     """Activation memory of a training step as a multiple of nnUNetTrainer's on the same plans and labeled
     batch (networks x batches held for backward, measured by benchmarks/activation_memory.py, rounded up).
@@ -478,6 +479,20 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         are averaged per epoch, logged and plotted. Called under autocast on CUDA."""
         raise NotImplementedError
 
+    def backward_part(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` (through the grad scaler) now, accumulating into the parameters' gradients.
+        A trainer whose loss separates into parts that reach disjoint graphs (e.g. one per network, pseudo-labels
+        detached) calls it once per part inside :meth:`compute_losses`, so only one part's graph is alive at a
+        time, and returns ``{'loss': <detached sum of the parts>, ...}``; the step then clips and steps as
+        usual. The gradients are those of the sum."""
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+        self._parts_backpropagated = True
+
+    one_graph_per_network = True
+    """Whether a trainer that can (:meth:`backward_part`) backpropagates network by network. Tools that need
+    every loss term's graph at once (benchmarks/term_gradients.py) set it to False on the instance; the
+    gradients are the same."""
+
     def after_optimizer_step(self) -> None:
         """Hook after each optimizer step: default updates every EMA teacher from its source."""
         for name, source in self.teacher_sources.items():
@@ -502,10 +517,16 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
             self.batch_keys["unlabeled"] = [str(k) for k in unlabeled_batch.get("keys", ())]
             unlabeled = self._to_device(unlabeled_batch["data"])
         self.optimizer.zero_grad(set_to_none=True)
+        self._parts_backpropagated = False
         with self.autocast():
             terms = self.compute_losses(data, target, unlabeled)
         loss = terms.pop("loss")
-        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+        if self._parts_backpropagated:  # compute_losses backpropagated its parts; `loss` is their detached sum
+            if loss.requires_grad:
+                raise RuntimeError(f"{type(self).__name__}.compute_losses called backward_part and returned a loss "
+                                   f"with a graph: return the detached sum of the parts")
+        else:
+            self.backward_part(loss)
         # the step's one host sync, logged anyway; the backward kernels are already queued
         loss_value = loss.detach().float().cpu()
         if not torch.isfinite(loss_value):  # only then look for the term responsible

@@ -25,6 +25,18 @@ def full_resolution(output: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torc
     return output
 
 
+def repeatable_per_sample(*modules: nn.Module) -> bool:
+    """Whether a training-mode forward pass of a sample gives the same output whatever else is in the batch
+    and however often it is repeated: no batch statistics (BatchNorm) and no active dropout. nnU-Net's
+    networks (instance norm, no dropout by default) are."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) or (
+                    isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0):
+                return False
+    return True
+
+
 def set_deep_supervision(module: nn.Module, enabled: bool) -> None:
     """Switch deep supervision of an nnU-Net network (PlainConvUNet, ResidualEncoderUNet, ...), or of
     every member of an ensemble of them (a module with a ``members`` list)."""

@@ -45,6 +45,18 @@ def test_saved_bytes_count_each_storage_once():
     assert (saved.bytes, saved.count) == (32, 1)
 
 
+def test_saved_bytes_peak_of_graphs_alive_at_once():
+    w = torch.randn(1000, requires_grad=True)
+    with am.SavedTensorBytes(exclude=[w]) as saved:
+        for _ in range(2):  # two graphs one after the other: each saves exp's output (4000 B), freed by backward
+            torch.exp(w).sum().backward()
+    assert (saved.bytes, saved.total, saved.count) == (4000, 8000, 2)
+    with am.SavedTensorBytes(exclude=[w]) as saved:
+        both = torch.exp(w).sum() + torch.exp(w).sum()  # both graphs alive at once
+        both.backward()
+    assert (saved.bytes, saved.total, saved.count) == (8000, 8000, 2)
+
+
 def test_live_bytes_track_allocation_and_release():
     before = torch.ones(10)
     with am.LiveTensorBytes() as live:
@@ -81,6 +93,11 @@ def test_design_ratio_from_cost_model():
         cost_model = {"forward": 8, "backward": 6}
 
     assert am.design_ratio(T)[0] == 6.0
+
+    class OneGraphAtATime:
+        cost_model = {"forward": 5, "backward": 4, "held": 2}
+
+    assert am.design_ratio(OneGraphAtATime)[0] == 2.0
     assert am.design_ratio(None)[0] == 1.0  # nnUNetTrainer
 
 

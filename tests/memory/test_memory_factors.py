@@ -17,6 +17,7 @@ def test_trainer_declares_activation_factor(name):
     assert declared_by[0] is not nnUNetTrainerSemiSupervised, f"{name} keeps the base's factor 1"
     factor = cls.activation_factor
     assert float(factor) == int(factor) and factor >= 2, "a whole number >= 2 (labeled + unlabeled batch at least)"
-    # at least the graphs the design holds for backward: networks x batches (cost_model's backward passes)
-    assert factor >= cls.cost_model.get("backward", 1)
+    # at least the graphs the design holds at once for backward: networks x batches (cost_model's held, else
+    # its backward passes)
+    assert factor >= cls.cost_model.get("held", cls.cost_model.get("backward", 1))
     assert "activation_factor" not in cls.hyperparameter_names()  # structure, not a per-run setting

@@ -1,0 +1,108 @@
+"""CPS backpropagates network by network (``backward_part``): one network's graph alive at a time, the
+same loss terms and the same gradients as the joint step that holds both graphs; networks whose output for a
+sample depends on the rest of the batch (BatchNorm) or on chance (dropout) keep the joint step."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import CPU_PLANS
+from nnunet_ssl.utils.modules import repeatable_per_sample
+
+BUDGET = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
+
+
+def test_repeatable_per_sample_by_module_kind():
+    assert repeatable_per_sample(nn.Sequential(nn.Conv3d(1, 2, 3), nn.InstanceNorm3d(2), nn.Dropout(0.0)))
+    assert not repeatable_per_sample(nn.Sequential(nn.Conv3d(1, 2, 3), nn.BatchNorm3d(2)))
+    assert not repeatable_per_sample(nn.Conv3d(1, 2, 3), nn.Sequential(nn.Dropout3d(0.2)))
+
+
+def _trainer(name, tiny_3d):
+    from nnunet_ssl.runner import build_trainer
+
+    t = build_trainer(tiny_3d["id"], "3d_fullres", 0, name, CPU_PLANS, "cpu", budget=BUDGET)
+    t.initialize()
+    for net in t.trainable_networks().values():
+        net.train()
+    t.global_step = t.total_iterations  # ramp-up done: the CPS term at full weight
+    return t
+
+
+def _batch(t):
+    """A labeled batch whose targets follow nnU-Net's deep-supervision scales, and an unlabeled batch."""
+    g = torch.Generator().manual_seed(0)
+    patch = tuple(t.configuration_manager.patch_size)
+    k = t.label_manager.num_segmentation_heads
+    labels = torch.randint(0, k, (2, 1, *patch), generator=g).float()
+    target = [F.interpolate(labels, size=[round(s * f) for s, f in zip(patch, scale)], mode="nearest")
+              for scale in t._get_deep_supervision_scales()]
+    data = torch.randn((2, t.num_input_channels, *patch), generator=g)
+    unlabeled = torch.randn((2, t.num_input_channels, *patch), generator=g)
+    return data, target, unlabeled
+
+
+def _gradients(t):
+    return {f"{name}.{p}": q.grad.clone() for name, net in t.trainable_networks().items()
+            for p, q in net.named_parameters() if q.grad is not None}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", ["nnUNetTrainerCPS", "nnUNetTrainerCPSHetero"])
+def test_one_graph_at_a_time_matches_the_joint_step(name, tiny_3d):
+    t = _trainer(name, tiny_3d)
+    data, target, unlabeled = _batch(t)
+    params = [q for net in t.trainable_networks().values() for q in net.parameters()]
+
+    t.one_graph_per_network = False
+    t.optimizer.zero_grad(set_to_none=True)
+    joint = t.compute_losses(data, target, unlabeled)
+    joint["loss"].backward()
+    expected = _gradients(t)
+
+    t.one_graph_per_network = True
+    t.optimizer.zero_grad(set_to_none=True)
+    t._parts_backpropagated = False
+    parts = t.compute_losses(data, target, unlabeled)
+    assert t._parts_backpropagated and not parts["loss"].requires_grad  # already backpropagated, part by part
+    got = _gradients(t)
+
+    for term in ("loss", "loss_sup", "loss_cps"):
+        assert parts[term].item() == pytest.approx(joint[term].item(), rel=1e-5), term
+    assert parts["loss_cps"].item() > 0 and parts["w_cps"] == pytest.approx(t.consistency_weight)
+    assert set(got) == set(expected)
+    assert {k.split(".")[0] for k in got} == {"network", "network_b"} and len(got) > 0.9 * len(params)
+    for key in expected:  # both networks, every parameter
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.e2e
+def test_batch_norm_networks_take_the_joint_step(tiny_3d, monkeypatch):
+    t = _trainer("nnUNetTrainerCPS", tiny_3d)
+    called = []
+    monkeypatch.setattr(t, "_losses_one_graph_at_a_time", lambda *a: called.append(a))
+    t.extra_networks["network_b"].add_module("bn", nn.BatchNorm3d(1))
+    terms = t.compute_losses(*_batch(t))
+    assert not called and terms["loss"].requires_grad  # the joint step: one loss, backpropagated by train_step
+
+
+def test_train_step_refuses_a_loss_with_a_graph_after_backward_part(tiny_3d):
+    """A trainer that backpropagated its parts must return their detached sum: backpropagating the
+    returned loss again would double the gradients."""
+    from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised
+
+    class Twice(nnUNetTrainerSemiSupervised):
+        def compute_losses(self, data, target, unlabeled):
+            loss = (self.network(data) ** 2).mean()
+            self.backward_part(loss)
+            return {"loss": loss}
+
+    t = object.__new__(Twice)
+    t.network, t.grad_scaler = nn.Conv3d(1, 1, 1), None
+    t.autocast = lambda: torch.autocast("cpu", enabled=False)
+    t.optimizer = torch.optim.SGD(t.network.parameters(), lr=0.1)
+    t.dataloader_unlabeled, t.device = None, torch.device("cpu")
+    with pytest.raises(RuntimeError, match="return the detached sum of the parts"):
+        t.train_step({"data": torch.randn(1, 1, 2, 2, 2), "target": torch.zeros(1, 1, 2, 2, 2), "keys": []})
