@@ -8,7 +8,7 @@ to a Markdown table with the command that reproduces it.
 ACDC (Dataset927_ACDCDev) has no test split and 6-18 slices per volume; a study on it, end to end
 (the reference and the propagator trained on the same CPU plans)::
 
-    nnunet-ssl split -d 927 --labeled 100% --test 20% --seed 0 --id 937 --group-regex '(patient\\d+)'
+    nnunet-ssl split -d 927 --labeled 80% --test 20% --seed 0 --id 937 --group-regex '(patient\\d+)'
     nnUNetv2_plan_and_preprocess -d 937 -c 2d
     nnunet-ssl shrink-plans -d 937 -c 2d --patch 128,128 --features 16,32,64,128 --batch-size 4  # cpu-2d sizes
     nnunet-ssl train 937 2d 0 -tr nnUNetTrainer -p nnUNetPlans_cpu --epochs 80 --iters 50

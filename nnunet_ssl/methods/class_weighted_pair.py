@@ -138,12 +138,14 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
         """Update ``weights_A`` from model A's outputs and ``weights_B`` from model B's (labeled logits
         ``(B, C, *patch)``, unlabeled logits ``(B_u, C, *patch)``; deep-supervision lists allowed),
         detached, float32; return the new ``(C,)`` weights ``(W_A, W_B)``."""
-        target = full_resolution(target)
-        weights = []
-        for name, out_l, out_u in (("weights_A", out_a_l, out_a_u), ("weights_B", out_b_l, out_b_u)):
-            weights.append(self.trackers[name].update(full_resolution(out_l).detach().float(), target,
-                                                      full_resolution(out_u).detach().float()))
-        return weights[0], weights[1]
+        return (self.update_class_weight("weights_A", out_a_l, out_a_u, target),
+                self.update_class_weight("weights_B", out_b_l, out_b_u, target))
+
+    def update_class_weight(self, name: str, out_l, out_u, target) -> torch.Tensor:
+        """Update tracker ``name`` from its own model's labeled and unlabeled outputs (each tracker reads only
+        its model's outputs, so a step may update A's before B has run); return its new ``(C,)`` weights."""
+        return self.trackers[name].update(full_resolution(out_l).detach().float(), full_resolution(target),
+                                          full_resolution(out_u).detach().float())
 
     def supervised_loss(self, output, target, class_weights: torch.Tensor) -> torch.Tensor:
         """``Seg_W(output, target)`` with ``W = weight_floor + w/mean(w)`` of the tracker's ``w``

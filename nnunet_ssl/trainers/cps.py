@@ -46,27 +46,24 @@ class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
         return {"loss": loss_sup + w * loss_cps, "loss_sup": loss_sup, "loss_cps": loss_cps, "w_cps": w}
 
     def _losses_one_graph_at_a_time(self, data, target, unlabeled):
-        """The same loss and gradients with one network's graph alive at a time. A's part
-        ``L_sup(A) + w·CE(f_A(x_u), argmax f_B(x_u))`` needs only B's pseudo-labels, which a gradient-free
-        pass of B over the unlabeled batch gives; A's part is backpropagated and freed, keeping A's
-        pseudo-labels, then B's part ``L_sup(B) + w·CE(f_B(x_u), argmax f_A(x_u))`` is. The extra pass equals
-        B's unlabeled output in the joint pass because nnU-Net's networks treat each sample on its own (networks
+        """The same loss and gradients with one network's graph alive at a time
+        (:meth:`cross_supervised_parts`): A's part ``L_sup(A) + w·CE(f_A(x_u), argmax f_B(x_u))`` needs only
+        B's pseudo-labels, which a gradient-free pass of B over the unlabeled batch gives; it is
+        backpropagated and freed, keeping A's pseudo-labels, then B's part is. The extra pass equals B's
+        unlabeled output in the joint pass because nnU-Net's networks treat each sample on its own (networks
         with batch statistics or dropout take the joint step)."""
         n = data.shape[0]
-        x = torch.cat([data, unlabeled])
-        net_a, net_b = self.network, self.extra_networks["network_b"]
         w = self.rampup_weight()
-        with torch.no_grad():
-            pseudo_b = hard_pseudo_labels(full_resolution(net_b(unlabeled)))
-        out_l, out_u = split_output(net_a(x), n)
-        sup_a, logits_u = self.loss(out_l, target), full_resolution(out_u)
-        cps_a, pseudo_a = pseudo_label_ce(logits_u, pseudo_b), hard_pseudo_labels(logits_u)
-        self.backward_part(sup_a + w * cps_a)
-        del out_l, out_u, logits_u  # A's graph is gone once these go
-        out_l, out_u = split_output(net_b(x), n)
-        sup_b, cps_b = self.loss(out_l, target), pseudo_label_ce(full_resolution(out_u), pseudo_a)
-        self.backward_part(sup_b + w * cps_b)
-        loss_sup, loss_cps = (sup_a + sup_b).detach(), (cps_a + cps_b).detach()
+
+        def part(index, output, partner_pseudo):
+            out_l, out_u = split_output(output, n)
+            logits_u = full_resolution(out_u)
+            sup, cps = self.loss(out_l, target), pseudo_label_ce(logits_u, partner_pseudo)
+            return sup + w * cps, (sup.detach(), cps.detach()), hard_pseudo_labels(logits_u)
+
+        (sup_a, cps_a), (sup_b, cps_b) = self.cross_supervised_parts(
+            self.network, self.extra_networks["network_b"], torch.cat([data, unlabeled]), unlabeled, part)
+        loss_sup, loss_cps = sup_a + sup_b, cps_a + cps_b
         return {"loss": loss_sup + w * loss_cps, "loss_sup": loss_sup, "loss_cps": loss_cps, "w_cps": w}
 
 

@@ -13,9 +13,9 @@ from nnunet_ssl.losses.consistency import hard_pseudo_labels
 from nnunet_ssl.losses.weighted import weighted_cross_entropy
 from nnunet_ssl.methods.class_weighted_pair import ClassWeightedPairTrainer
 from nnunet_ssl.trainers.semisupervised import split_output
-from nnunet_ssl.utils.modules import full_resolution
+from nnunet_ssl.utils.modules import full_resolution, repeatable_per_sample
 
-__all__ = ["weighted_cps", "nnUNetTrainerDHC", "nnUNetTrainerDHC_Ensemble"]
+__all__ = ["weighted_cps", "nnUNetTrainerDHC", "nnUNetTrainerDHC_Ensemble", "nnUNetTrainerDHC_LowMemory"]
 
 
 def weighted_cps(logits_a: torch.Tensor, logits_b: torch.Tensor, weights_a: torch.Tensor,
@@ -54,8 +54,11 @@ class nnUNetTrainerDHC(ClassWeightedPairTrainer):
 
     cost_model = {"forward": 4, "backward": 4}  # two students on labeled+unlabeled
     activation_factor = 4  # A and B graphs on labeled + unlabeled (benchmarks/results/activation_memory.md)
+    one_graph_per_network = False  # the joint step; nnUNetTrainerDHC_LowMemory trades time for memory
 
     def compute_losses(self, data, target, unlabeled):
+        if self.one_graph_per_network and repeatable_per_sample(self.network, self.extra_networks["network_b"]):
+            return self._losses_one_graph_at_a_time(data, target, unlabeled)
         n = data.shape[0]
         x = torch.cat([data, unlabeled])
         out_a, out_b = self.network(x), self.extra_networks["network_b"](x)
@@ -67,6 +70,44 @@ class nnUNetTrainerDHC(ClassWeightedPairTrainer):
         return {"loss": loss_sup + w * loss_cps, "loss_sup": loss_sup, "loss_cps": loss_cps, "w_cps": w,
                 **self.class_weight_terms(w_a, w_b)}
 
+    def _losses_one_graph_at_a_time(self, data, target, unlabeled):
+        """The same loss, gradients and tracker updates with one student's graph alive at a time
+        (:meth:`cross_supervised_parts`): each tracker reads only its own student's outputs, so A's weights
+        and A's part ``Seg_{W_A}(f_A(x_l), y) + w·CE_{W_A}(f_A(x), argmax f_B(x))`` need only B's
+        pseudo-labels, from a gradient-free pass of B over labeled + unlabeled; A's part is backpropagated and
+        freed before B's runs with A's pseudo-labels."""
+        n = data.shape[0]
+        x = torch.cat([data, unlabeled])
+        w = self.rampup_weight()
+
+        def part(index, output, partner_pseudo):
+            out_l, out_u = split_output(output, n)
+            weights = self.update_class_weight(("weights_A", "weights_B")[index], out_l, out_u, target)
+            logits = full_resolution(output)
+            sup = self.supervised_loss(out_l, target, weights)
+            cps = weighted_cross_entropy(logits.float(), partner_pseudo, weights)
+            return sup + w * cps, (sup.detach(), cps.detach(), weights), hard_pseudo_labels(logits)
+
+        (sup_a, cps_a, w_a), (sup_b, cps_b, w_b) = self.cross_supervised_parts(
+            self.network, self.extra_networks["network_b"], x, x, part)
+        loss_sup, loss_cps = sup_a + sup_b, cps_a + cps_b
+        return {"loss": loss_sup + w * loss_cps, "loss_sup": loss_sup, "loss_cps": loss_cps, "w_cps": w,
+                **self.class_weight_terms(w_a, w_b)}
+
+
+
+class nnUNetTrainerDHC_LowMemory(nnUNetTrainerDHC):
+    """DHC with one student's graph alive at a time (same losses, class weights and gradients): activation
+    factor 3 instead of 4 (benchmarks/results/activation_memory.md: peak 2.16x nnUNetTrainer against 3.52x),
+    for a GPU where DHC's plans do not fit. The price is B's gradient-free pass over labeled + unlabeled
+    (DHC's CPS term covers both), 6 forward passes instead of 4: by the cost model 1.17x DHC's step time
+    (measured on a loaded machine: 5.36x nnUNetTrainer against DHC's 3.57x in the same run,
+    benchmarks/results/iteration_cost.md), which is why it is not DHC's default (CPS's extra pass covers the
+    unlabeled batch only: 1.08x)."""
+    one_graph_per_network = True
+    # A, then B, each on labeled+unlabeled (backward 4, held 2), plus B's gradient-free pass (forward 4 + 2)
+    cost_model = {"forward": 6, "backward": 4, "held": 2}
+    activation_factor = 3  # one student's graph on labeled + unlabeled, and A's gradients
 
 
 class nnUNetTrainerDHC_Ensemble(nnUNetTrainerDHC):

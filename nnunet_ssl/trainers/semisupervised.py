@@ -493,6 +493,30 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     every loss term's graph at once (benchmarks/term_gradients.py) set it to False on the instance; the
     gradients are the same."""
 
+    def cross_supervised_parts(self, net_a: nn.Module, net_b: nn.Module, x: torch.Tensor,
+                               pseudo_input: torch.Tensor, part) -> list:
+        """Two networks that supervise each other with hard pseudo-labels (CPS and its relatives), one
+        network's graph alive at a time: B's pseudo-labels for A come from a gradient-free pass of B over
+        ``pseudo_input``; ``part(index, output, partner_pseudo_labels)`` (index 0 for A, 1 for B, ``output``
+        the network's output on ``x``) returns ``(loss, terms, own_pseudo_labels)``; A's loss is backpropagated
+        (:meth:`backward_part`) before B runs, then B's with A's pseudo-labels. Returns both parts' ``terms``.
+
+        The gradients are the joint step's only when B's output for a sample does not depend on the rest of
+        the batch or on chance (:func:`~nnunet_ssl.utils.modules.repeatable_per_sample`): the caller checks."""
+        from nnunet_ssl.losses.consistency import hard_pseudo_labels
+        from nnunet_ssl.utils.modules import full_resolution
+
+        with torch.no_grad():
+            pseudo = hard_pseudo_labels(full_resolution(net_b(pseudo_input)))
+        results = []
+        for index, net in enumerate((net_a, net_b)):
+            loss, terms, pseudo_next = part(index, net(x), pseudo)
+            self.backward_part(loss)
+            del loss  # this network's graph is freed once its outputs go
+            results.append(terms)
+            pseudo = pseudo_next
+        return results
+
     def after_optimizer_step(self) -> None:
         """Hook after each optimizer step: default updates every EMA teacher from its source."""
         for name, source in self.teacher_sources.items():

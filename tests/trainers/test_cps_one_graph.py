@@ -1,7 +1,10 @@
-"""CPS backpropagates network by network (``backward_part``): one network's graph alive at a time, the
-same loss terms and the same gradients as the joint step that holds both graphs; networks whose output for a
-sample depends on the rest of the batch (BatchNorm) or on chance (dropout) keep the joint step."""
+"""CPS and DHC_LowMemory backpropagate network by network (``cross_supervised_parts``, ``backward_part``): one network's
+graph alive at a time, the same loss terms, class weights and gradients as the joint step that holds both
+graphs; networks whose output for a sample depends on the rest of the batch (BatchNorm) or on chance
+(dropout) keep the joint step."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -50,11 +53,12 @@ def _gradients(t):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("name", ["nnUNetTrainerCPS", "nnUNetTrainerCPSHetero"])
+@pytest.mark.parametrize("name", ["nnUNetTrainerCPS", "nnUNetTrainerCPSHetero", "nnUNetTrainerDHC_LowMemory"])
 def test_one_graph_at_a_time_matches_the_joint_step(name, tiny_3d):
     t = _trainer(name, tiny_3d)
     data, target, unlabeled = _batch(t)
     params = [q for net in t.trainable_networks().values() for q in net.parameters()]
+    trackers = copy.deepcopy(getattr(t, "trackers", {}))  # DHC's class-weight trackers advance on every call
 
     t.one_graph_per_network = False
     t.optimizer.zero_grad(set_to_none=True)
@@ -63,6 +67,7 @@ def test_one_graph_at_a_time_matches_the_joint_step(name, tiny_3d):
     expected = _gradients(t)
 
     t.one_graph_per_network = True
+    t.trackers = trackers
     t.optimizer.zero_grad(set_to_none=True)
     t._parts_backpropagated = False
     parts = t.compute_losses(data, target, unlabeled)
@@ -72,6 +77,11 @@ def test_one_graph_at_a_time_matches_the_joint_step(name, tiny_3d):
     for term in ("loss", "loss_sup", "loss_cps"):
         assert parts[term].item() == pytest.approx(joint[term].item(), rel=1e-5), term
     assert parts["loss_cps"].item() > 0 and parts["w_cps"] == pytest.approx(t.consistency_weight)
+    for weights in ("w_A", "w_B"):  # DHC: each student's class weights, from its own outputs
+        if weights in joint:
+            torch.testing.assert_close(parts[weights], joint[weights])
+    if "w_A" in joint:
+        assert not torch.allclose(joint["w_A"], joint["w_B"])  # DifW and DisW: the two parts differ
     assert set(got) == set(expected)
     assert {k.split(".")[0] for k in got} == {"network", "network_b"} and len(got) > 0.9 * len(params)
     for key in expected:  # both networks, every parameter
@@ -86,6 +96,13 @@ def test_batch_norm_networks_take_the_joint_step(tiny_3d, monkeypatch):
     t.extra_networks["network_b"].add_module("bn", nn.BatchNorm3d(1))
     terms = t.compute_losses(*_batch(t))
     assert not called and terms["loss"].requires_grad  # the joint step: one loss, backpropagated by train_step
+
+
+def test_dhc_takes_the_joint_step_and_its_low_memory_variant_one_graph_at_a_time():
+    from nnunet_ssl.trainers.dhc import nnUNetTrainerDHC, nnUNetTrainerDHC_LowMemory
+
+    assert not nnUNetTrainerDHC.one_graph_per_network and nnUNetTrainerDHC_LowMemory.one_graph_per_network
+    assert nnUNetTrainerDHC_LowMemory.activation_factor < nnUNetTrainerDHC.activation_factor
 
 
 def test_train_step_refuses_a_loss_with_a_graph_after_backward_part(tiny_3d):
