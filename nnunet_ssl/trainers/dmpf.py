@@ -158,7 +158,7 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
         # 7. total, with both unsupervised weights ramped up
         theta, mu = self.rampup_weight(), self.rampup_weight(self.mix_weight)
         return {"loss": dmpf_total_loss(loss_sup, loss_mix, loss_u, theta, mu), "loss_sup": loss_sup,
-                "loss_mix": loss_mix, "loss_u": loss_u, "theta": theta, "mix_weight": mu,
+                "loss_mix": loss_mix, "loss_u": loss_u, "theta": theta, "mix_weight": mu, "w_sup": 1 - mu,
                 "mix_ratio_A": mix_a.mask.mean(), "mix_ratio_B": mix_b.mask.mean(),
                 "mix_skipped_A": skipped_a, "mix_skipped_B": skipped_b,
                 **self.class_weight_terms(w_a, w_b)}
