@@ -67,6 +67,13 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
     weight_floor: float = 1.0
     """Floor of the supervised loss's class weights, in units of their mean: Seg_W uses
     weight_floor + w/mean(w) (1: every class adds at least the trackers' average weight; 0: the pure weights)."""
+    unsupervised_weight_floor: float = 0.0
+    """Floor of the class weights in the unsupervised terms (DHC's CPS, DMPF's L_m and L_u), in units of their
+    mean, as ``weight_floor`` for the supervised term: ``floor + w/mean(w)``. 0: the trackers' weights, as in
+    the papers (background weighs ~0 there, so those terms do not charge for false positives on it). DMP's
+    class sampling always uses the trackers' weights. Measured for DMPF on the 3D demo (3 seeds,
+    benchmarks/results/README.md): floor 1 removed its over-segmentation of the large classes on two seeds but
+    lost a class on the third (mean Dice 0.553 against 0.694), so the default stays 0."""
     difw_tau: float = 50.0
     """DifW accumulation length τ (momentum (τ−1)/τ of learning speeds and mean Dice)."""
     difw_alpha: float = 0.2
@@ -158,6 +165,11 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
             n = len(output)
             return self.seg_loss_ds(output, target, [None] * n, [class_weights] * n)
         return self.seg_loss(output, full_resolution(target), class_weights=class_weights)
+
+    def unsupervised_class_weights(self, class_weights: torch.Tensor) -> torch.Tensor:
+        """The class weights of the unsupervised terms: ``unsupervised_weight_floor + w/mean(w)`` (the losses
+        are normalised by the weights, so floor 0 is the trackers' weights)."""
+        return floored_weights(class_weights, self.unsupervised_weight_floor)
 
     @staticmethod
     def class_weight_terms(w_a: torch.Tensor, w_b: torch.Tensor) -> dict:

@@ -65,7 +65,8 @@ class nnUNetTrainerDHC(ClassWeightedPairTrainer):
         (out_a_l, out_a_u), (out_b_l, out_b_u) = split_output(out_a, n), split_output(out_b, n)
         w_a, w_b = self.update_class_weights(out_a_l, out_b_l, out_a_u, out_b_u, target)
         loss_sup = self.supervised_loss(out_a_l, target, w_a) + self.supervised_loss(out_b_l, target, w_b)
-        loss_cps = weighted_cps(full_resolution(out_a), full_resolution(out_b), w_a, w_b)
+        loss_cps = weighted_cps(full_resolution(out_a), full_resolution(out_b), self.unsupervised_class_weights(w_a),
+                                self.unsupervised_class_weights(w_b))
         w = self.rampup_weight()
         return {"loss": loss_sup + w * loss_cps, "loss_sup": loss_sup, "loss_cps": loss_cps, "w_cps": w,
                 **self.class_weight_terms(w_a, w_b)}
@@ -85,7 +86,7 @@ class nnUNetTrainerDHC(ClassWeightedPairTrainer):
             weights = self.update_class_weight(("weights_A", "weights_B")[index], out_l, out_u, target)
             logits = full_resolution(output)
             sup = self.supervised_loss(out_l, target, weights)
-            cps = weighted_cross_entropy(logits.float(), partner_pseudo, weights)
+            cps = weighted_cross_entropy(logits.float(), partner_pseudo, self.unsupervised_class_weights(weights))
             return sup + w * cps, (sup.detach(), cps.detach(), weights), hard_pseudo_labels(logits)
 
         (sup_a, cps_a, w_a), (sup_b, cps_b, w_b) = self.cross_supervised_parts(

@@ -149,12 +149,13 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
         logits_a_m = full_resolution(net_a(mix_a.image)).float()
         logits_b_m = full_resolution(net_b(mix_b.image)).float()
         # 4.-6. the three terms
-        loss_mix_a, skipped_a = self.mixed_loss(logits_a_m, mix_a, pseudo_a, w_a)
-        loss_mix_b, skipped_b = self.mixed_loss(logits_b_m, mix_b, pseudo_b, w_b)
+        uw_a, uw_b = self.unsupervised_class_weights(w_a), self.unsupervised_class_weights(w_b)
+        loss_mix_a, skipped_a = self.mixed_loss(logits_a_m, mix_a, pseudo_a, uw_a)
+        loss_mix_b, skipped_b = self.mixed_loss(logits_b_m, mix_b, pseudo_b, uw_b)
         loss_mix = loss_mix_a + loss_mix_b
         loss_sup = self.supervised_loss(out_a_l, target, w_a) + self.supervised_loss(out_b_l, target, w_b)
-        loss_u = (self.seg_loss(full_resolution(out_a_u).float(), pseudo_b, class_weights=w_a)
-                  + self.seg_loss(full_resolution(out_b_u).float(), pseudo_a, class_weights=w_b))
+        loss_u = (self.seg_loss(full_resolution(out_a_u).float(), pseudo_b, class_weights=uw_a)
+                  + self.seg_loss(full_resolution(out_b_u).float(), pseudo_a, class_weights=uw_b))
         # 7. total, with both unsupervised weights ramped up
         theta, mu = self.rampup_weight(), self.rampup_weight(self.mix_weight)
         return {"loss": dmpf_total_loss(loss_sup, loss_mix, loss_u, theta, mu), "loss_sup": loss_sup,

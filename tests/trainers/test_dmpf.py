@@ -146,6 +146,18 @@ def test_dmpf_uses_every_hyperparameter_it_declares():
     assert {"ema_decay", "seed", "mix_weight", "weight_floor"} <= set(nnUNetTrainerDMPF.hyperparameter_names())
 
 
+def test_unsupervised_class_weights_by_hand():
+    """DHC's CPS and DMPF's L_m / L_u weigh classes by ``floor + w/mean(w)``: 0 keeps the trackers' ratios
+    (the default, as the papers), 1 gives background at least the average weight."""
+    t = _bare(nnUNetTrainerDMPF)
+    w = torch.tensor([0.0, 1.0, 3.0, 4.0])  # mean 2
+    t.unsupervised_weight_floor = 0.0
+    assert t.unsupervised_class_weights(w).tolist() == [0.0, 0.5, 1.5, 2.0]
+    t.unsupervised_weight_floor = 1.0
+    assert t.unsupervised_class_weights(w).tolist() == [1.0, 1.5, 2.5, 3.0]
+    assert "unsupervised_weight_floor" in nnUNetTrainerDMPF.hyperparameter_names()
+
+
 def test_unknown_strong_mix_is_a_value_error():
     t = _bare(nnUNetTrainerDMPF)
     t.strong_mix = "mixup"
