@@ -8,7 +8,8 @@ dataset's tiny structure (class "lesion") is what class-imbalance methods target
 - ``--dim 2``: RGB frames where every training frame without a pixel mask has an image-level
   category label (``categoryLabels.json``), for the category-supervised trainers.
 
-Several ``--labeled`` counts (with the same total of training cases, ``--total``) give one demo
+A workdir holding a finished demo of the same settings and trainers is reused, not trained again (a
+study spread over sessions resumes). Several ``--labeled`` counts (with the same total of training cases, ``--total``) give one demo
 run each, in its own workdir, and one table::
 
     python benchmarks/demo_quality.py --trainers nnUNetTrainer nnUNetTrainerMeanTeacher nnUNetTrainerCPS \\
@@ -24,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -40,7 +42,34 @@ DESCRIPTION = {
 }
 
 
+REUSED = [0]
+"""Finished demo runs reused in this process (reported with the wall time)."""
+
+
+def finished_demo(workdir: str, trainers, epochs: int, iters: int, labeled: int, unlabeled: int, test: int,
+                  seed: int, dim: int) -> Optional[dict]:
+    """The results of a finished ``nnunet-ssl demo`` in ``workdir`` if it ran exactly these settings and
+    trainers (then a study resumes without training them again), else None."""
+    try:
+        with open(os.path.join(workdir, "demo_settings.json")) as f:
+            settings = json.load(f)
+        with open(os.path.join(workdir, "demo_results.json")) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    wanted = {"dim": dim, "labeled": labeled, "unlabeled": unlabeled, "test": test, "seed": seed}
+    same = ({k: settings.get(k) for k in wanted} == wanted and list(results.get("dice", {})) == list(trainers)
+            and results.get("epochs") == epochs and results.get("iterations_per_epoch") == iters)
+    return results if same else None
+
+
 def run_demo(args, labeled: int, unlabeled: int, seed: int, workdir: str) -> dict:
+    done = finished_demo(workdir, args.trainers, args.epochs, args.iters, labeled, unlabeled, args.test, seed,
+                         args.dim)
+    if done is not None:
+        print(f"{workdir}: finished with these settings, results reused", flush=True)
+        REUSED[0] += 1
+        return done
     cmd = ["nnunet-ssl", "demo", "--dim", str(args.dim), "--workdir", workdir, "--epochs", str(args.epochs),
            "--iters", str(args.iters), "--labeled", str(labeled), "--unlabeled", str(unlabeled),
            "--test", str(args.test), "--seed", str(seed), "--trainers", *args.trainers]
@@ -155,7 +184,8 @@ def main() -> int:
         f"--epochs {args.epochs} --iters {args.iters} --labeled {' '.join(map(str, args.labeled))} " + \
         (f"--total {args.total} " if args.total is not None else f"--unlabeled {args.unlabeled} ") + \
         f"--test {args.test} --seeds {seeds}"
-    lines += ["", f"Wall time {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores. Reproduce: "
+    reused = f" ({REUSED[0]} finished demo run(s) reused: their training time is not in it)" if REUSED[0] else ""
+    lines += ["", f"Wall time {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores{reused}. Reproduce: "
                   f"`python benchmarks/demo_quality.py {flags}` (one `nnunet-ssl demo` per labeled count and seed; "
                   f"finished demo runs are reused).", ""]
     write_report(lines, args.out)

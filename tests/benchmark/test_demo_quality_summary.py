@@ -21,3 +21,18 @@ def test_summary_over_seeds():
     assert wins == 2  # beats the baseline on seeds 0 and 2
     assert test.n_pairs == 12  # 3 seeds x 4 cases, pooled
     assert rows["nnUNetTrainer"][3] is None  # the baseline is not tested against itself
+
+
+def test_finished_demo_is_reused_only_with_the_same_settings(tmp_path):
+    import json
+
+    dq = load_benchmark("demo_quality")
+    settings = {"dim": 3, "labeled": 4, "unlabeled": 24, "test": 16, "seed": 1}
+    results = {"dice": {"nnUNetTrainer": {"mean": 0.5}, "X": {"mean": 0.6}}, "epochs": 20, "iterations_per_epoch": 25}
+    (tmp_path / "demo_settings.json").write_text(json.dumps(settings))
+    (tmp_path / "demo_results.json").write_text(json.dumps(results))
+    same = dict(trainers=["nnUNetTrainer", "X"], epochs=20, iters=25, labeled=4, unlabeled=24, test=16, seed=1, dim=3)
+    assert dq.finished_demo(str(tmp_path), **same) == results
+    for change in ({"seed": 2}, {"epochs": 40}, {"trainers": ["nnUNetTrainer"]}, {"labeled": 8}):
+        assert dq.finished_demo(str(tmp_path), **{**same, **change}) is None, change
+    assert dq.finished_demo(str(tmp_path / "missing"), **same) is None
