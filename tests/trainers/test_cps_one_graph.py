@@ -123,3 +123,60 @@ def test_train_step_refuses_a_loss_with_a_graph_after_backward_part(tiny_3d):
     t.dataloader_unlabeled, t.device = None, torch.device("cpu")
     with pytest.raises(RuntimeError, match="return the detached sum of the parts"):
         t.train_step({"data": torch.randn(1, 1, 2, 2, 2), "target": torch.zeros(1, 1, 2, 2, 2), "keys": []})
+
+
+def _pair(seed=0):
+    torch.manual_seed(seed)
+    return nn.Conv3d(1, 3, 1), nn.Conv3d(1, 3, 1)
+
+
+def _cross_part(index, output, partner_pseudo):
+    from nnunet_ssl.losses.consistency import hard_pseudo_labels, pseudo_label_ce
+
+    loss = pseudo_label_ce(output, partner_pseudo) + output.mean()
+    return loss, loss.detach(), hard_pseudo_labels(output)
+
+
+def _ddp_parts_worker(rank, port, x, results):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        net_a, net_b = _pair()
+        a, b = DDP(net_a), DDP(net_b)
+        t = object.__new__(nnUNetTrainerSemiSupervised)
+        t.grad_scaler = None
+        part = x[2 * rank:2 * rank + 2]
+        t.cross_supervised_parts(a, b, part, part, _cross_part)
+        results[rank] = [p.grad.clone() for p in (*net_a.parameters(), *net_b.parameters())]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cross_supervised_parts_under_ddp_match_the_joint_gradient():
+    """Two gloo ranks with DDP-wrapped networks: B's gradient-free pass, then one forward with gradient and one
+    backward per network per step; DDP's averaged gradients equal the single-process joint step's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from nnunet_ssl.losses.consistency import hard_pseudo_labels, pseudo_label_ce
+
+    x = torch.randn(4, 1, 2, 2, 2, generator=torch.Generator().manual_seed(1))
+    net_a, net_b = _pair()
+    out_a, out_b = net_a(x), net_b(x)
+    joint = (pseudo_label_ce(out_a, hard_pseudo_labels(out_b)) + out_a.mean()
+             + pseudo_label_ce(out_b, hard_pseudo_labels(out_a)) + out_b.mean())
+    joint.backward()
+    expected = [p.grad for p in (*net_a.parameters(), *net_b.parameters())]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_parts_worker, args=(port, x, results), nprocs=2, join=True)
+    for rank in (0, 1):
+        for got, want in zip(results[rank], expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
