@@ -57,7 +57,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import write_report  # noqa: E402
+from common import finish_loaders, write_report  # noqa: E402
 from iteration_cost import BASELINE, MEASURE_OVERRIDES, _set_paths  # noqa: E402
 
 MB = 2 ** 20
@@ -162,13 +162,6 @@ def design_ratio(trainer_cls) -> tuple[float, str]:
     return float(model["backward"]), f"{float(model['backward']):g} backward passes (cost_model)"
 
 
-def _finish_loaders(t) -> None:
-    for dl in (t.dataloader_train, t.dataloader_val, getattr(t, "dataloader_unlabeled", None)):
-        finish = getattr(dl, "_finish", None)
-        if finish:
-            finish()
-
-
 def measure(name: str, kind, plans: str, cache: dict) -> dict:
     """One trainer: a warm-up step, then one step under each counter, on the batches in ``cache``
     (filled from the first trainer that draws them, so every trainer sees the same ones)."""
@@ -201,7 +194,7 @@ def measure(name: str, kind, plans: str, cache: dict) -> dict:
             t.train_step(batch)
         gc.collect()
     finally:
-        _finish_loaders(t)
+        finish_loaders(t)
     return {"trainer": name, "saved_bytes": saved.bytes, "saved_tensors": saved.count, "peak_bytes": live.peak,
             "factor": getattr(type(t), "activation_factor", 1)}
 

@@ -5,6 +5,18 @@ import os
 from typing import List
 
 
+def finish_loaders(trainer, unlabeled=None) -> None:
+    """Stop the augmentation workers of a trainer built for measuring (nnU-Net's ``on_train_end`` would also
+    write a final checkpoint): its labeled and validation loaders and its unlabeled one (``unlabeled`` when the
+    caller replaced ``trainer.dataloader_unlabeled``)."""
+    if unlabeled is None:
+        unlabeled = getattr(trainer, "dataloader_unlabeled", None)
+    for dl in (trainer.dataloader_train, trainer.dataloader_val, unlabeled):
+        finish = getattr(dl, "_finish", None)
+        if finish:
+            finish()
+
+
 def write_report(lines: List[str], out: str) -> None:
     """Write a Markdown report (lines) to ``out`` and print it."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -42,10 +42,6 @@ DESCRIPTION = {
 }
 
 
-REUSED = [0]
-"""Finished demo runs reused in this process (reported with the wall time)."""
-
-
 def finished_demo(workdir: str, trainers, epochs: int, iters: int, labeled: int, unlabeled: int, test: int,
                   seed: int, dim: int) -> Optional[dict]:
     """The results of a finished ``nnunet-ssl demo`` in ``workdir`` if it ran exactly these settings and
@@ -64,12 +60,6 @@ def finished_demo(workdir: str, trainers, epochs: int, iters: int, labeled: int,
 
 
 def run_demo(args, labeled: int, unlabeled: int, seed: int, workdir: str) -> dict:
-    done = finished_demo(workdir, args.trainers, args.epochs, args.iters, labeled, unlabeled, args.test, seed,
-                         args.dim)
-    if done is not None:
-        print(f"{workdir}: finished with these settings, results reused", flush=True)
-        REUSED[0] += 1
-        return done
     cmd = ["nnunet-ssl", "demo", "--dim", str(args.dim), "--workdir", workdir, "--epochs", str(args.epochs),
            "--iters", str(args.iters), "--labeled", str(labeled), "--unlabeled", str(unlabeled),
            "--test", str(args.test), "--seed", str(seed), "--trainers", *args.trainers]
@@ -124,6 +114,7 @@ def main() -> int:
         p.error(f"--baseline {args.baseline} must be one of --trainers")
 
     t0 = time.time()
+    reused = 0  # finished demo runs whose results are read, not trained again
     groups = []  # (labeled, unlabeled, {seed: results})
     for n in args.labeled:
         unlabeled = args.total - n if args.total is not None else args.unlabeled
@@ -131,7 +122,12 @@ def main() -> int:
         for seed in args.seeds:
             workdir = args.workdir + (f"_{n}labeled" if len(args.labeled) > 1 else "") + \
                 (f"_s{seed}" if len(args.seeds) > 1 else "")
-            per_seed[seed] = run_demo(args, n, unlabeled, seed, workdir)
+            done = finished_demo(workdir, args.trainers, args.epochs, args.iters, n, unlabeled, args.test, seed,
+                                 args.dim)
+            if done is not None:
+                print(f"{workdir}: finished with these settings, results reused", flush=True)
+                reused += 1
+            per_seed[seed] = done if done is not None else run_demo(args, n, unlabeled, seed, workdir)
         groups.append((n, unlabeled, per_seed))
 
     several = len(groups) > 1
@@ -184,8 +180,8 @@ def main() -> int:
         f"--epochs {args.epochs} --iters {args.iters} --labeled {' '.join(map(str, args.labeled))} " + \
         (f"--total {args.total} " if args.total is not None else f"--unlabeled {args.unlabeled} ") + \
         f"--test {args.test} --seeds {seeds}"
-    reused = f" ({REUSED[0]} finished demo run(s) reused: their training time is not in it)" if REUSED[0] else ""
-    lines += ["", f"Wall time {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores{reused}. Reproduce: "
+    reused_note = f" ({reused} finished demo run(s) reused: their training time is not in it)" if reused else ""
+    lines += ["", f"Wall time {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores{reused_note}. Reproduce: "
                   f"`python benchmarks/demo_quality.py {flags}` (one `nnunet-ssl demo` per labeled count and seed; "
                   f"finished demo runs are reused).", ""]
     write_report(lines, args.out)

@@ -39,6 +39,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from common import finish_loaders  # noqa: E402
+
 BASELINE = "nnUNetTrainer"
 DEFAULT_SOURCE = "/work/shared/data/Dataset904_HippocampusDev"
 DATASET_ID, TINY_ID = 904, 993
@@ -143,10 +145,7 @@ def worker(args) -> dict:
     except UserError as e:  # e.g. a non-finite loss, refused before the optimizer step
         row["status"] = str(e).split(";")[0][:160]
     finally:
-        for dl in (t.dataloader_train, t.dataloader_val, getattr(t, "dataloader_unlabeled", None)):
-            finish = getattr(dl, "_finish", None)
-            if finish:
-                finish()
+        finish_loaders(t)
     row["finite"] = bool(losses) and all(math.isfinite(v) for v in losses)
     row["iterations"] = len(losses)
     return row

@@ -31,7 +31,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import write_report  # noqa: E402
+from common import finish_loaders, write_report  # noqa: E402
 BASELINE = "nnUNetTrainer"
 # settings so the measured step is the method's steady state (BCP's first epochs are plain pre-training)
 MEASURE_OVERRIDES = {"nnUNetTrainerBCP": {"pretrain_fraction": 0.0}}
@@ -104,10 +104,7 @@ def worker(trainer: str, warmup: int, steps: int, dim: int) -> dict:
     compute = timed(lambda: t.train_step(batch), steps)
     peak_mb = peak_rss_mb()
     ratio, formula = expected_ratio(type(t))
-    for dl in (t.dataloader_train, t.dataloader_val, unl):
-        finish = getattr(dl, "_finish", None)
-        if finish:
-            finish()
+    finish_loaders(t, unl)
     return {"trainer": trainer, "step_s": compute, "step_data_s": with_data, "peak_rss_mb": peak_mb,
             "expected_ratio": ratio, "expected_formula": formula, "torch_threads": torch.get_num_threads()}
 

@@ -42,7 +42,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import write_report  # noqa: E402
+from common import finish_loaders, write_report  # noqa: E402
 
 SUPERVISED_TERMS = ("loss_sup", "loss_seg", "loss_labeled")
 """Names under which the trainers log their supervised term (first one present is used)."""
@@ -204,10 +204,7 @@ def main(argv: Optional[list] = None) -> int:
     try:
         result = measure(t, args.steps)
     finally:
-        for dl in (t.dataloader_train, t.dataloader_val, getattr(t, "dataloader_unlabeled", None)):
-            finish = getattr(dl, "_finish", None)
-            if finish:
-                finish()
+        finish_loaders(t)
         shutil.rmtree(scratch, ignore_errors=True)
     where = f"{args.checkpoint} (epoch {t.current_epoch}, step {getattr(t, 'global_step', '?')})" \
         if args.checkpoint else "fresh networks"

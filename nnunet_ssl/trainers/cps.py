@@ -9,7 +9,7 @@ from nnunet_ssl.losses.consistency import cross_pseudo_supervision, hard_pseudo_
 from nnunet_ssl.networks.ensemble import ensemble_of
 from nnunet_ssl.networks.heterogeneous import build_partner_network, partner_builder
 from nnunet_ssl.trainers.semisupervised import nnUNetTrainerSemiSupervised, split_output
-from nnunet_ssl.utils.modules import full_resolution, repeatable_per_sample
+from nnunet_ssl.utils.modules import full_resolution
 
 
 class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
@@ -34,7 +34,7 @@ class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
     activation_factor = 3
 
     def compute_losses(self, data, target, unlabeled):
-        if self.one_graph_per_network and repeatable_per_sample(self.network, self.extra_networks["network_b"]):
+        if self.one_graph_step(self.network, self.extra_networks["network_b"]):
             return self._losses_one_graph_at_a_time(data, target, unlabeled)
         n = data.shape[0]
         x = torch.cat([data, unlabeled])

@@ -13,7 +13,7 @@ from nnunet_ssl.losses.consistency import hard_pseudo_labels
 from nnunet_ssl.losses.weighted import weighted_cross_entropy
 from nnunet_ssl.methods.class_weighted_pair import ClassWeightedPairTrainer
 from nnunet_ssl.trainers.semisupervised import split_output
-from nnunet_ssl.utils.modules import full_resolution, repeatable_per_sample
+from nnunet_ssl.utils.modules import full_resolution
 
 __all__ = ["weighted_cps", "nnUNetTrainerDHC", "nnUNetTrainerDHC_Ensemble", "nnUNetTrainerDHC_LowMemory"]
 
@@ -57,7 +57,7 @@ class nnUNetTrainerDHC(ClassWeightedPairTrainer):
     one_graph_per_network = False  # the joint step; nnUNetTrainerDHC_LowMemory trades time for memory
 
     def compute_losses(self, data, target, unlabeled):
-        if self.one_graph_per_network and repeatable_per_sample(self.network, self.extra_networks["network_b"]):
+        if self.one_graph_step(self.network, self.extra_networks["network_b"]):
             return self._losses_one_graph_at_a_time(data, target, unlabeled)
         n = data.shape[0]
         x = torch.cat([data, unlabeled])

@@ -41,12 +41,13 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_ssl.data import stream
 from nnunet_ssl.data.unlabeled import prepare_unlabeled_for_training, unlabeled_preprocessed_folder
 from nnunet_ssl.errors import UserError
+from nnunet_ssl.losses.consistency import hard_pseudo_labels
 from nnunet_ssl.networks.ensemble import SoftmaxEnsemble, ensemble_builder
 from nnunet_ssl.overrides import NNUNET_BUDGET_KEYS, apply_overrides, read_overrides
 from nnunet_ssl.schedules import sigmoid_rampup
 from nnunet_ssl.teachers.ema import EMATeacher
 from nnunet_ssl.utils.distributed import all_reduce_sum
-from nnunet_ssl.utils.modules import set_deep_supervision, unwrap
+from nnunet_ssl.utils.modules import full_resolution, repeatable_per_sample, set_deep_supervision, unwrap
 
 CHECKPOINT_KEY = "nnunet_ssl"
 
@@ -493,6 +494,13 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     every loss term's graph at once (benchmarks/term_gradients.py) set it to False on the instance; the
     gradients are the same."""
 
+    def one_graph_step(self, *networks: nn.Module) -> bool:
+        """Whether this step backpropagates network by network: ``one_graph_per_network`` is on and every
+        network gives each sample the same output whatever else is in its batch (no BatchNorm, no active
+        dropout: :func:`~nnunet_ssl.utils.modules.repeatable_per_sample`), so a gradient-free repeat of a
+        network's pass equals its pass in the joint step."""
+        return self.one_graph_per_network and repeatable_per_sample(*networks)
+
     def cross_supervised_parts(self, net_a: nn.Module, net_b: nn.Module, x: torch.Tensor,
                                pseudo_input: torch.Tensor, part) -> list:
         """Two networks that supervise each other with hard pseudo-labels (CPS and its relatives), one
@@ -502,17 +510,13 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         (:meth:`backward_part`) before B runs, then B's with A's pseudo-labels. Returns both parts' ``terms``.
 
         The gradients are the joint step's only when B's output for a sample does not depend on the rest of
-        the batch or on chance (:func:`~nnunet_ssl.utils.modules.repeatable_per_sample`): the caller checks."""
-        from nnunet_ssl.losses.consistency import hard_pseudo_labels
-        from nnunet_ssl.utils.modules import full_resolution
-
+        the batch or on chance: the caller checks :meth:`one_graph_step`."""
         with torch.no_grad():
             pseudo = hard_pseudo_labels(full_resolution(net_b(pseudo_input)))
         results = []
         for index, net in enumerate((net_a, net_b)):
             loss, terms, pseudo_next = part(index, net(x), pseudo)
-            self.backward_part(loss)
-            del loss  # this network's graph is freed once its outputs go
+            self.backward_part(loss)  # frees what this network's graph saved before the next network runs
             results.append(terms)
             pseudo = pseudo_next
         return results
