@@ -50,8 +50,9 @@ class nnUNetTrainerCoLearning(nnUNetTrainerSemiSupervised):
     ``w(t)`` is the sigmoid ramp-up (to 1 over ``rampup_fraction`` of training): no public
     reference code exists, and early pseudo-labels of random networks would otherwise weigh as
     much as the ground truth; ``rampup_fraction = 0`` gives constant weights. Unsupervised terms use
-    the full-resolution output. Each student runs once on ``[x_l, x_u, Mixed]``; each teacher once
-    on ``x_u`` (no gradient). Pairs for the crops: the first ``min(B_l, B_u)`` patches of each
+    the full-resolution output. Each student runs on ``[x_l, x_u]`` and on its crops (and, for the
+    one-graph step, student 2 once more on ``x_u`` without gradient: :meth:`compute_losses`); each
+    teacher once on ``x_u`` (no gradient). Pairs for the crops: the first ``min(B_l, B_u)`` patches of each
     batch; ignore-label voxels of ``y`` are left out of ``L_mix``. Inference network: student 1 (the
     students are what the seed's co-learning trains; ``_TeacherInference`` predicts with the teacher).
     """
@@ -70,8 +71,10 @@ class nnUNetTrainerCoLearning(nnUNetTrainerSemiSupervised):
     extra_network_names = ("network_b",)
     teacher_sources = {"teacher_1": "network", "teacher_2": "network_b"}
     unused_hyperparameters = ("ema_decay",)  # the teachers' decay is 1 − ema_alpha − ema_beta
-    cost_model = {"forward": 8, "backward": 6}  # two students on labeled+unlabeled+mixed (2x3), two teachers (2)
-    activation_factor = 6  # both students' graphs on labeled + unlabeled + mixed (activation_memory.md)
+    # one graph at a time: each student on labeled+unlabeled, then on its crops (backward 2x3, held 2); two
+    # teachers (2); student 2's gradient-free pass on the unlabeled batch for student 1's pseudo-labels (1)
+    cost_model = {"forward": 9, "backward": 6, "held": 2}
+    activation_factor = 3  # one student's graph on labeled + unlabeled, and A's gradients (activation_memory.md)
 
     def initialize(self):
         super().initialize()
@@ -108,24 +111,47 @@ class nnUNetTrainerCoLearning(nnUNetTrainerSemiSupervised):
         return mix1, mix2, mix(valid, ones, m), mix(ones, valid, m)
 
     def compute_losses(self, data, target, unlabeled):
+        """One step. Student i's loss is ``Dice(s_i(x_l), y) + λw·[Dice(s_i(x_u), ŷ^{partner}) + Dice(s_i(x_u), ŷ^t)]``
+        on ``[x_l; x_u]`` plus ``μw·MSE(s_i(Mixed_i), ...)`` on its hybrid crop; of its partner it needs only the
+        detached pseudo-labels on ``x_u``. So, as CPS (:meth:`cross_supervised_parts`), when both students treat
+        each sample on its own (:meth:`one_graph_step`) a gradient-free pass of student 2 over ``x_u`` gives
+        student 1's pseudo-labels, student 1's ``[x_l; x_u]`` part is backpropagated and freed, then student
+        2's, then each student's crop pass: one graph of at most two batches alive at a time (instead of both
+        students on three), for one more forward pass over ``x_u`` (1.05x the compute); same loss and
+        gradients. Otherwise (BatchNorm, dropout) every graph is built and their sum is backpropagated. The
+        crops run as their own forward pass in both cases (the networks treat each sample on its own, so
+        batching them with ``[x_l; x_u]`` would change nothing but the memory)."""
         b, n = data.shape[0], min(data.shape[0], unlabeled.shape[0])
         t_logits = self.teacher_logits(unlabeled)
         y_l = full_resolution(target)[:n].long()
         mix1, mix2, valid1, valid2 = self.hybrid_crops(data[:n], y_l, unlabeled[:n], torch.softmax(t_logits[:n], 1))
-
-        out1 = self.network(torch.cat([data, unlabeled, mix1.image]))
-        out2 = self.extra_networks["network_b"](torch.cat([data, unlabeled, mix2.image]))
-        full1, full2 = full_resolution(out1).float(), full_resolution(out2).float()
-        (lab1, _), (lab2, _) = split_output(out1, b), split_output(out2, b)
-        u1, u2 = full1[b:-n], full2[b:-n]
-
-        loss_lab = self.dice_loss(lab1, target) + self.dice_loss(lab2, target)
-        loss_cps = self.pseudo_dice(u1, hard_pseudo_labels(u2)) + self.pseudo_dice(u2, hard_pseudo_labels(u1))
         y_t = hard_pseudo_labels(t_logits)
-        loss_teacher = self.pseudo_dice(u1, y_t) + self.pseudo_dice(u2, y_t)
-        loss_mix = (masked_probability_mse(full1[-n:], mix1.label, valid1)
-                    + masked_probability_mse(full2[-n:], mix2.label, valid2))
         w = self.rampup_weight(1.0)
+        students = (self.network, self.extra_networks["network_b"])
+        one_graph = self.one_graph_step(*students)
+        kept = (lambda t: t.detach()) if one_graph else (lambda t: t)
+
+        def part(index, output, partner_pseudo):
+            lab, u = split_output(output, b)
+            u = full_resolution(u).float()
+            terms = (self.dice_loss(lab, target), self.pseudo_dice(u, partner_pseudo), self.pseudo_dice(u, y_t))
+            loss = terms[0] + self.consistency_weight * w * (terms[1] + terms[2])
+            return loss, tuple(kept(t) for t in terms), hard_pseudo_labels(u)
+
+        x = torch.cat([data, unlabeled])
+        if one_graph:
+            parts = self.cross_supervised_parts(*students, x, unlabeled, part)
+        else:
+            outputs = [net(x) for net in students]
+            pseudo = [hard_pseudo_labels(full_resolution(split_output(o, b)[1])) for o in outputs]
+            parts = [part(i, outputs[i], pseudo[1 - i])[1] for i in (0, 1)]
+        loss_mix = 0
+        for net, (mixed, valid) in zip(students, ((mix1, valid1), (mix2, valid2))):
+            term = masked_probability_mse(full_resolution(net(mixed.image)).float(), mixed.label, valid)
+            if one_graph:
+                self.backward_part(self.mix_weight * w * term)
+            loss_mix = loss_mix + kept(term)
+        loss_lab, loss_cps, loss_teacher = (p1 + p2 for p1, p2 in zip(*parts))
         loss = loss_lab + self.consistency_weight * w * (loss_cps + loss_teacher) + self.mix_weight * w * loss_mix
         return {"loss": loss, "loss_labeled": loss_lab, "loss_cps": loss_cps, "loss_teacher": loss_teacher,
                 "loss_mix": loss_mix, "w_unsup": w}

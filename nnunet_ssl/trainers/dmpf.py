@@ -68,7 +68,8 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
     Cost per step: each student runs two forward/backward passes (``B + B_u`` and ``min(B, B_u)``
     samples; the mixed batch needs this step's weights, which need this step's labeled outputs), each
     teacher one forward pass without gradients (``B_u`` samples). With ``B_u = B`` that is 3× the
-    samples of nnU-Net per student, ≈ 6 nnU-Net steps plus two forward-only passes.
+    samples of nnU-Net per student, ≈ 6 nnU-Net steps plus two forward-only passes. Memory: one pass's
+    graph at a time (:meth:`compute_losses`), at most a student on ``B + B_u`` samples: 2 labeled batches.
 
     Inference network: student A (``network``), as the reference code evaluates students (it
     predicts with the mean of both students' softmax: ``nnUNetTrainerDMPF_Ensemble``); teacher A
@@ -98,27 +99,34 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
     inference_model = "network"
     seg_ce_weight = 0.5
     # two students on labeled+unlabeled and on their mix (2 x 3), two teachers on unlabeled (2)
-    cost_model = {"forward": 8, "backward": 6}
-    activation_factor = 6  # A and B graphs on labeled + unlabeled and on their mixes (activation_memory.md)
+    # one graph at a time: A on labeled+unlabeled (2), A on its mix (1), then B's two (backward 6, held 2)
+    cost_model = {"forward": 8, "backward": 6, "held": 2}
+    # one student's graph on labeled + unlabeled (saved 2.01x), but the peak also holds A's gradients while B's
+    # graph is alive: 2.18x on nnU-Net's plans (benchmarks/results/activation_memory.md)
+    activation_factor = 3
 
     def initialize(self):
         if self.strong_mix not in STRONG_MIXES:
             raise ValueError(f"strong_mix must be one of {sorted(STRONG_MIXES)}, got {self.strong_mix!r}")
         super().initialize()
 
-    def double_mix(self, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, pseudo_a: torch.Tensor,
-                   pseudo_b: torch.Tensor, w_a: torch.Tensor, w_b: torch.Tensor) -> Tuple[MixResult, MixResult]:
-        """Step 3: A's mix from ``(ŷ_A^u, W_A)``, then B's from ``(ŷ_B^u, W_B)``, both pasting unlabeled
-        sample i onto labeled sample i for ``i < min(B, B_u)``, random draws from ``self.generator``.
+    def strong_mix_one(self, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, pseudo: torch.Tensor,
+                       class_weights: torch.Tensor) -> MixResult:
+        """Step 3 for one model: its mix from its pseudo-labels ``ŷ^u`` and its class weights ``W``, pasting
+        unlabeled sample i onto labeled sample i for ``i < min(B, B_u)``, random draws from ``self.generator``.
 
         ``x_u`` ``(B_u, C, *patch)``, ``x_l`` ``(B, C, *patch)``, ``y_l`` ``(B, *patch)`` integer,
-        ``pseudo_*`` ``(B_u, *patch)`` integer, ``w_*`` ``(num_classes,)``.
-        """
+        ``pseudo`` ``(B_u, *patch)`` integer, ``class_weights`` ``(num_classes,)``."""
         k = min(x_u.shape[0], x_l.shape[0])
-        fn = get_strong_mix(self.strong_mix)
         options = {"beta": self.box_beta} if self.strong_mix in ("cutmix", "cutout") else {}
-        return tuple(fn(x_u[:k], pseudo[:k], x_l[:k], y_l[:k], w, self.generator, **options)
-                     for pseudo, w in ((pseudo_a, w_a), (pseudo_b, w_b)))
+        return get_strong_mix(self.strong_mix)(x_u[:k], pseudo[:k], x_l[:k], y_l[:k], class_weights,
+                                               self.generator, **options)
+
+    def double_mix(self, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, pseudo_a: torch.Tensor,
+                   pseudo_b: torch.Tensor, w_a: torch.Tensor, w_b: torch.Tensor) -> Tuple[MixResult, MixResult]:
+        """Step 3: A's mix from ``(ŷ_A^u, W_A)``, then B's from ``(ŷ_B^u, W_B)`` (:meth:`strong_mix_one`)."""
+        return (self.strong_mix_one(x_u, x_l, y_l, pseudo_a, w_a),
+                self.strong_mix_one(x_u, x_l, y_l, pseudo_b, w_b))
 
     def mixed_loss(self, logits: torch.Tensor, mixed: MixResult, pseudo: torch.Tensor,
                    class_weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -133,36 +141,45 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
         return loss, 1 - keep.float().mean()
 
     def compute_losses(self, data, target, unlabeled):
+        """Steps 1-7, one student at a time: A's terms on ``[x_l; x_u]`` (its class weights, ``L_sup``, ``L_u``
+        with teacher B's pseudo-labels), then A's mix and ``L_m``, then the same for B. Each student's terms
+        read only its own outputs, its own tracker and the teachers' detached pseudo-labels, and the mixes
+        are drawn in the order A, B, so the loss, the class weights, the mixes and the gradients are those of
+        one joint graph. With ``one_graph_per_network`` (default) each of the four graphs (A on
+        ``[x_l; x_u]``, A on its mix, B, B's mix) is backpropagated (:meth:`backward_part`) and freed before the
+        next pass runs, at no extra compute: activation factor 2 instead of 6. Off (as benchmarks/
+        term_gradients.py sets it), the terms keep their graphs and train_step backpropagates their sum."""
         n = data.shape[0]
-        net_a, net_b = self.network, self.extra_networks["network_b"]
         x = torch.cat([data, unlabeled])
-        (out_a_l, out_a_u), (out_b_l, out_b_u) = split_output(net_a(x), n), split_output(net_b(x), n)
-        # 1. class weights of this step
-        w_a, w_b = self.update_class_weights(out_a_l, out_b_l, out_a_u, out_b_u, target)
-        # 2. the EMA teachers' pseudo-labels
-        with torch.no_grad():
-            pseudo_a = hard_pseudo_labels(full_resolution(self.teachers["teacher_a"](unlabeled)))
-            pseudo_b = hard_pseudo_labels(full_resolution(self.teachers["teacher_b"](unlabeled)))
-        # 3. one mix per model, and each student on its own mix
         y_l = full_resolution(target)[:, 0].long()
-        mix_a, mix_b = self.double_mix(unlabeled, data, y_l, pseudo_a, pseudo_b, w_a, w_b)
-        logits_a_m = full_resolution(net_a(mix_a.image)).float()
-        logits_b_m = full_resolution(net_b(mix_b.image)).float()
-        # 4.-6. the three terms
-        uw_a, uw_b = self.unsupervised_class_weights(w_a), self.unsupervised_class_weights(w_b)
-        loss_mix_a, skipped_a = self.mixed_loss(logits_a_m, mix_a, pseudo_a, uw_a)
-        loss_mix_b, skipped_b = self.mixed_loss(logits_b_m, mix_b, pseudo_b, uw_b)
-        loss_mix = loss_mix_a + loss_mix_b
-        loss_sup = self.supervised_loss(out_a_l, target, w_a) + self.supervised_loss(out_b_l, target, w_b)
-        loss_u = (self.seg_loss(full_resolution(out_a_u).float(), pseudo_b, class_weights=uw_a)
-                  + self.seg_loss(full_resolution(out_b_u).float(), pseudo_a, class_weights=uw_b))
-        # 7. total, with both unsupervised weights ramped up
+        now = self.one_graph_per_network
+        with torch.no_grad():  # 2. the EMA teachers' pseudo-labels
+            pseudo = {m: hard_pseudo_labels(full_resolution(self.teachers[f"teacher_{m.lower()}"](unlabeled)))
+                      for m in ("A", "B")}
         theta, mu = self.rampup_weight(), self.rampup_weight(self.mix_weight)
-        return {"loss": dmpf_total_loss(loss_sup, loss_mix, loss_u, theta, mu), "loss_sup": loss_sup,
-                "loss_mix": loss_mix, "loss_u": loss_u, "theta": theta, "mix_weight": mu, "w_sup": 1 - mu,
-                "mix_ratio_A": mix_a.mask.mean(), "mix_ratio_B": mix_b.mask.mean(),
-                "mix_skipped_A": skipped_a, "mix_skipped_B": skipped_b,
-                **self.class_weight_terms(w_a, w_b)}
+        terms = {}
+        for m, partner, net in (("A", "B", self.network), ("B", "A", self.extra_networks["network_b"])):
+            out_l, out_u = split_output(net(x), n)
+            w = self.update_class_weight(f"weights_{m}", out_l, out_u, target)  # 1. this step's class weights
+            uw = self.unsupervised_class_weights(w)
+            sup = self.supervised_loss(out_l, target, w)  # 5.
+            u = self.seg_loss(full_resolution(out_u).float(), pseudo[partner], class_weights=uw)  # 6.
+            if now:
+                self.backward_part((1 - mu) * sup + theta * u)
+            mix = self.strong_mix_one(unlabeled, data, y_l, pseudo[m], w)  # 3.
+            mixed, skipped = self.mixed_loss(full_resolution(net(mix.image)).float(), mix, pseudo[m], uw)  # 4.
+            if now:
+                self.backward_part(mu * mixed)
+            terms[m] = (sup, mixed, u, w, mix.mask.mean(), skipped)
+        (sup_a, mix_a, u_a, w_a, ratio_a, skipped_a), (sup_b, mix_b, u_b, w_b, ratio_b, skipped_b) = \
+            terms["A"], terms["B"]
+        loss_sup, loss_mix, loss_u = sup_a + sup_b, mix_a + mix_b, u_a + u_b
+        loss = dmpf_total_loss(loss_sup, loss_mix, loss_u, theta, mu)  # 7.
+        if now:
+            loss, loss_sup, loss_mix, loss_u = (v.detach() for v in (loss, loss_sup, loss_mix, loss_u))
+        return {"loss": loss, "loss_sup": loss_sup, "loss_mix": loss_mix, "loss_u": loss_u, "theta": theta,
+                "mix_weight": mu, "w_sup": 1 - mu, "mix_ratio_A": ratio_a, "mix_ratio_B": ratio_b,
+                "mix_skipped_A": skipped_a, "mix_skipped_B": skipped_b, **self.class_weight_terms(w_a, w_b)}
 
 
 # ---------------------------------------------------------------- ablations (DMPF paper), pairs are A–B

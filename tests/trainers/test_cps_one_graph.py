@@ -1,7 +1,7 @@
-"""CPS and DHC_LowMemory backpropagate network by network (``cross_supervised_parts``, ``backward_part``): one network's
-graph alive at a time, the same loss terms, class weights and gradients as the joint step that holds both
-graphs; networks whose output for a sample depends on the rest of the batch (BatchNorm) or on chance
-(dropout) keep the joint step."""
+"""CPS, DHC_LowMemory, DMPF and co-learning backpropagate network by network (``cross_supervised_parts``, ``backward_part``): one
+network's graph alive at a time, the same loss terms, class weights and gradients as the joint step that holds every
+graph; CPS-like networks whose output for a sample depends on the rest of the batch (BatchNorm) or on chance
+(dropout) keep the joint step (DMPF runs no pass twice, so it needs no such condition)."""
 from __future__ import annotations
 
 import copy
@@ -53,12 +53,19 @@ def _gradients(t):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("name", ["nnUNetTrainerCPS", "nnUNetTrainerCPSHetero", "nnUNetTrainerDHC_LowMemory"])
-def test_one_graph_at_a_time_matches_the_joint_step(name, tiny_3d):
+@pytest.mark.parametrize("name, supervised, unsupervised", [
+    ("nnUNetTrainerCPS", "loss_sup", ["loss_cps"]),
+    ("nnUNetTrainerCPSHetero", "loss_sup", ["loss_cps"]),
+    ("nnUNetTrainerDHC_LowMemory", "loss_sup", ["loss_cps"]),
+    ("nnUNetTrainerDMPF", "loss_sup", ["loss_mix", "loss_u"]),
+    ("nnUNetTrainerCoLearning", "loss_labeled", ["loss_cps", "loss_teacher", "loss_mix"])])
+def test_one_graph_at_a_time_matches_the_joint_step(name, supervised, unsupervised, tiny_3d):
     t = _trainer(name, tiny_3d)
     data, target, unlabeled = _batch(t)
     params = [q for net in t.trainable_networks().values() for q in net.parameters()]
-    trackers = copy.deepcopy(getattr(t, "trackers", {}))  # DHC's class-weight trackers advance on every call
+    # class-weight trackers advance and DMPF's mixes draw from the generator on every call
+    trackers = copy.deepcopy(getattr(t, "trackers", {}))
+    generator = t.generator.get_state()
 
     t.one_graph_per_network = False
     t.optimizer.zero_grad(set_to_none=True)
@@ -68,15 +75,16 @@ def test_one_graph_at_a_time_matches_the_joint_step(name, tiny_3d):
 
     t.one_graph_per_network = True
     t.trackers = trackers
+    t.generator.set_state(generator)
     t.optimizer.zero_grad(set_to_none=True)
     t._parts_backpropagated = False
     parts = t.compute_losses(data, target, unlabeled)
     assert t._parts_backpropagated and not parts["loss"].requires_grad  # already backpropagated, part by part
     got = _gradients(t)
 
-    for term in ("loss", "loss_sup", "loss_cps"):
+    for term in ("loss", supervised, *unsupervised):
         assert parts[term].item() == pytest.approx(joint[term].item(), rel=1e-5), term
-    assert parts["loss_cps"].item() > 0 and parts["w_cps"] == pytest.approx(t.consistency_weight)
+        assert term == supervised or parts[term].item() > 0, term  # the unsupervised terms reach the gradients
     for weights in ("w_A", "w_B"):  # DHC: each student's class weights, from its own outputs
         if weights in joint:
             torch.testing.assert_close(parts[weights], joint[weights])

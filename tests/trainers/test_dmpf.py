@@ -221,6 +221,7 @@ def test_compute_losses_composes_the_paper_formula(tiny_3d):
 
     t = build_trainer(tiny_3d["id"], "3d_fullres", 0, "nnUNetTrainerDMPF", CPU_PLANS, "cpu", budget=BUDGET)
     t.initialize()
+    t.one_graph_per_network = False  # every term keeps its graph (the one-graph step: test_cps_one_graph.py)
     C, c_in = t.label_manager.num_segmentation_heads, t.num_input_channels
     a, b, ta, tb = (_conv(c_in, C, s) for s in range(4))
     # teacher A: class 0 wins where input channel 0 is very negative, class 1 elsewhere, so that
