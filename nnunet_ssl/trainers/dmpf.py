@@ -8,7 +8,7 @@ from typing import Tuple
 import torch
 
 from nnunet_ssl.losses.consistency import hard_pseudo_labels
-from nnunet_ssl.losses.weighted import weighted_cross_entropy
+from nnunet_ssl.losses.weighted import weighted_cross_entropy, weighted_soft_dice
 from nnunet_ssl.methods.class_weighted_pair import ClassWeightedPairTrainer
 from nnunet_ssl.mixing.masks import DEFAULT_BETA
 from nnunet_ssl.mixing.mixes import STRONG_MIXES, MixResult, get_strong_mix
@@ -94,6 +94,9 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
     """Box side as a fraction of the patch side, for strong_mix cutmix/cutout."""
     mix_weight: float = 0.25
     """μ_max: weight of the mixed term L_m against 1 − μ for L_sup after the ramp-up (reference 0.25)."""
+    mix_dice_weight: float = 0.0
+    """Weight of an unweighted foreground soft Dice added to the weighted CE of L_m (0: CE_W alone, as
+    METHODS.md and the paper; the reference code's mixed loss is its DC_and_CE_loss: unweighted Dice + CE)."""
 
     teacher_sources = {"teacher_a": "network", "teacher_b": "network_b"}
     inference_model = "network"
@@ -130,14 +133,21 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
 
     def mixed_loss(self, logits: torch.Tensor, mixed: MixResult, pseudo: torch.Tensor,
                    class_weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Step 4 for one model: ``CE_W(logits, ŷ^m)`` over the samples whose pseudo-label holds a
-        foreground class, and the fraction of samples left out.
+        """Step 4 for one model: ``CE_W(logits, ŷ^m)`` (plus ``mix_dice_weight`` × the unweighted foreground
+        soft Dice) over the samples whose pseudo-label holds a foreground class, and the fraction of samples
+        left out.
 
         ``logits`` ``(k, C, *patch)`` of the mixed batch, ``pseudo`` ``(B_u, *patch)`` the pseudo-labels
         the mix was built from (its first ``k`` samples were mixed), ``class_weights`` ``(C,)``."""
         keep = foreground_samples(pseudo[:logits.shape[0]])
         weight = mixed.weight * keep.view(-1, *([1] * (mixed.weight.dim() - 1))).to(mixed.weight.dtype)
-        loss = weighted_cross_entropy(logits, mixed.label, class_weights, weight, self.label_manager.ignore_label)
+        ignore = self.label_manager.ignore_label
+        loss = weighted_cross_entropy(logits, mixed.label, class_weights, weight, ignore)
+        if self.mix_dice_weight:
+            dice = self.seg_loss
+            loss = loss + self.mix_dice_weight * weighted_soft_dice(
+                logits, mixed.label, None, weight, dice.include_background, dice.smooth, dice.batch_dice,
+                ignore_index=ignore)
         return loss, 1 - keep.float().mean()
 
     def compute_losses(self, data, target, unlabeled):

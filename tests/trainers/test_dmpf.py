@@ -201,6 +201,24 @@ def test_mixed_loss_skips_samples_whose_pseudo_label_is_background_only():
     assert loss.item() == pytest.approx(1.5 * math.log(2.0), rel=1e-6) and skipped.item() == 0.5
 
 
+def test_mixed_loss_with_dice_adds_the_unweighted_foreground_dice_of_the_kept_samples():
+    from nnunet_ssl.losses.weighted import WeightedDiceCE
+    from nnunet_ssl.mixing.mixes import MixResult
+
+    t = _bare(nnUNetTrainerDMPF)
+    t.seg_loss, t.mix_dice_weight = WeightedDiceCE(ce_weight=0.5, batch_dice=True), 1.0
+    logits = torch.tensor([[[5.0, -5.0], [-5.0, 5.0]], [[0.0, 0.0], [0.0, math.log(3.0)]]])
+    label = torch.tensor([[1, 0], [1, 0]])
+    mixed = MixResult(image=torch.zeros(2, 1, 2), label=label, mask=torch.ones(2, 2), weight=torch.ones(2, 2))
+    pseudo = torch.tensor([[0, 0], [0, 1]])  # sample 0 skipped (background only)
+    # sample 1, class 1: p1 = (.5, .75), y1 = (1, 0): tp = .5, Σp = 1.25, Σy = 1 -> Dice 1/2.25, loss 5/9
+    loss, _ = t.mixed_loss(logits, mixed, pseudo, torch.ones(2))
+    assert loss.item() == pytest.approx(1.5 * math.log(2.0) + 5 / 9, rel=1e-4)
+    # class weights reach the CE only (voxel a, class 1: ln 2); the Dice stays unweighted
+    loss, _ = t.mixed_loss(logits, mixed, pseudo, torch.tensor([0.0, 1.0]))
+    assert loss.item() == pytest.approx(math.log(2.0) + 5 / 9, rel=1e-4)
+
+
 # ------------------------------------------------------------------------ the step on a real trainer
 def _conv(c_in, c_out, seed):
     conv = nn.Conv3d(c_in, c_out, 1)
