@@ -92,7 +92,11 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervised):
     extra_network_names = ("network_b",)
     e2e_configurations = ("3d_fullres", "2d")
     cost_model = {"forward": 4, "backward": 4}  # two networks on labeled+unlabeled
-    activation_factor = 6  # A and B on labeled + unlabeled + the CGMM terms on features (activation_memory.md)
+    # A and B on labeled + unlabeled + the CGMM terms on features (activation_memory.md). The joint step: unlike
+    # CPS, A's part needs B's labeled outputs (KT weights, B's mixture fit) and B's posterior on the unlabeled
+    # features (L_cons), so one network's graph at a time would need B's gradient-free pass over labeled +
+    # unlabeled, 1.17x the compute as for nnUNetTrainerDHC_LowMemory
+    activation_factor = 6
 
     def initialize(self):
         unknown = sorted(set(self.cgmm_terms) - set(CGMM_TERMS))
