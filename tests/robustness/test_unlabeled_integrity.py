@@ -289,10 +289,10 @@ def test_ctrl_c_stops_workers_and_keeps_finished_cases(tiny_3d, tmp_path):
         assert proc.poll() is None, "preprocess-unlabeled ended before it could be interrupted"
         os.killpg(pgid, signal.SIGINT)
         sent = time.time()
-        try:
-            proc.wait(timeout=15)
+        try:  # prompt, not timed: the 39 other cases would take minutes; 60 s leaves room for a loaded machine
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"preprocess-unlabeled still running 15 s after Ctrl-C: "
+            pytest.fail(f"preprocess-unlabeled still running 60 s after Ctrl-C: "
                         f"{(tmp_path / 'stderr').read_text()[-2000:]}")
         stopped_after = time.time() - sent
         for _ in range(50):  # multiprocessing's resource tracker leaves once its parent is gone
@@ -309,7 +309,7 @@ def test_ctrl_c_stops_workers_and_keeps_finished_cases(tiny_3d, tmp_path):
     stderr = (tmp_path / "stderr").read_text()
     assert proc.returncode == 130 and "interrupted; finished work is kept" in stderr, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
-    assert stopped_after < 15
+    assert stopped_after < 60
     done = unlabeled_case_ids(ds["folder"])
     assert 0 < len(done) < n, f"{len(done)} of {n} done: not interrupted mid-way"
     assert unlabeled_case_ids(ds["folder"], fingerprint) == done
