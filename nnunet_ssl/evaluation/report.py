@@ -351,6 +351,24 @@ def _table(results: Mapping[str, TrainerResult], classes: Sequence[str], baselin
     return lines
 
 
+def _seed_table(results: Mapping[str, TrainerResult], baseline: str, seeds: Sequence) -> list[str]:
+    """Mean Dice over cases per seed, its mean ± sample std over seeds, and on how many seeds the trainer's mean
+    is above the baseline's (seeds where both ran); empty for a single seed."""
+    if len(seeds) < 2:
+        return []
+    base = results.get(baseline)
+    base_means = base.seed_means("dice") if base is not None and base.ok else {}
+    lines = [f"| Trainer | mean Dice per seed ({' / '.join(map(str, seeds))}) | mean ± std over seeds "
+             f"| seeds above {baseline} |", "|---|---|---:|---:|"]
+    for t in _ordered_trainers(results, baseline):
+        means = results[t].seed_means("dice")
+        per_seed = " / ".join(_fmt(means.get(s, math.nan), 3) for s in seeds)
+        both = [s for s in seeds if s in means and s in base_means]
+        wins = "–" if t == baseline or not both else f"{sum(means[s] > base_means[s] for s in both)}/{len(both)}"
+        lines.append(f"| {t} | {per_seed} | {_mean_std(describe(means.values()), 3)} | {wins} |")
+    return lines
+
+
 def _summary_rows(results: Mapping, classes: Sequence[str], baseline: str) -> list[dict]:
     rows = []
     for fraction, by_trainer in results.items():
@@ -477,7 +495,10 @@ def build_report(results_table: Iterable[Mapping], out_dir: str | os.PathLike, b
         slug = _fraction_slug(fraction)
         plot_fraction_boxplot(results[fraction], fraction, out / f"boxplot_fraction_{slug}.png", baseline)
         md += [f"## Labeled fraction {fraction_label(fraction)}", "", *_table(results[fraction], classes, baseline),
-               "", f"![per-case Dice at {fraction_label(fraction)}](boxplot_fraction_{slug}.png)", ""]
+               ""]
+        by_seed = _seed_table(results[fraction], baseline, seeds)
+        md += [*by_seed, ""] if by_seed else []
+        md += [f"![per-case Dice at {fraction_label(fraction)}](boxplot_fraction_{slug}.png)", ""]
         reasons = [f"- {t}, seed {s}: {why}" for t, res in results[fraction].items()
                    for s, why in {**res.seeds_failed, **res.seeds_missing}.items() if why]
         if reasons:
@@ -486,6 +507,8 @@ def build_report(results_table: Iterable[Mapping], out_dir: str | os.PathLike, b
            "- Cells are mean ± sample std over test cases; a case is first averaged over the trainer's "
            "successful seeds. \"mean\" columns average over classes per case first.",
            "- Dice/NSD: higher is better; HD95: lower is better, in mm. The best value of a column is bold.",
+           "- With several seeds, a second table gives each seed's mean Dice (over cases and classes), the mean ± "
+           "sample std of those over seeds, and on how many seeds it is above the baseline's.",
            "- Empty masks: both empty scores Dice = NSD = 1, HD95 = 0; exactly one empty scores Dice = NSD = 0 "
            "and an undefined HD95/ASD, which is left out of the means and counted as \"undef.\".",
            f"- Δ Dice and p: paired over cases (same case id, same seed, then averaged over seeds) against "

@@ -119,6 +119,13 @@ def test_build_report(tmp_path):
     assert "1/2 ok; seed 1 failed" in table_row("50%", MT)
     assert "- nnUNetTrainerMeanTeacher, seed 1: no prediction for 1 of 6 test cases: c5" in md
     assert "- nnUNetTrainerBroken, seed 0: CUDA out of memory" in md
+    # per seed (10 %): baseline 0.600 on both seeds; Mean Teacher 0.700 on both (mean over cases of
+    # 0.65 + 0.02 i), above on 2 of 2; Broken ran seed 1 only (0.100), below on 1 of 1
+    seeds10 = md.split("## Labeled fraction 10%")[1].split("##")[0]
+    assert "| Trainer | mean Dice per seed (0 / 1) | mean ± std over seeds | seeds above nnUNetTrainer |" in seeds10
+    assert f"| {BASE} | 0.600 / 0.600 | 0.600 ± 0.000 | – |" in seeds10
+    assert f"| {MT} | 0.700 / 0.700 | 0.700 ± 0.000 | 2/2 |" in seeds10
+    assert f"| {BAD} | – / 0.100 | 0.100 | 0/1 |" in seeds10
 
     records = read_records_csv(out / "all_metrics.csv")
     assert sum(r["status"] == "failed" for r in records) == 3
@@ -138,5 +145,6 @@ def test_report_without_baseline_and_single_seed(tmp_path):
              "dice": d, "iou": d, "nsd": d, "hd95": 1.0, "asd": 1.0} for c, d in (("p", 0.5), ("q", 0.7))]
     md = build_report(recs, tmp_path, baseline="nnUNetTrainer").read_text()
     assert "n/a (no baseline run)" in md and "| 0.600 ± 0.141 |" in md
+    assert "mean Dice per seed" not in md  # one seed: no per-seed table
     with pytest.raises(ValueError, match="no result records"):
         build_report([], tmp_path)
