@@ -188,3 +188,45 @@ def test_cross_supervised_parts_under_ddp_match_the_joint_gradient():
     for rank in (0, 1):
         for got, want in zip(results[rank], expected):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _ddp_two_passes_worker(rank, port, x, mix, results):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        net, _ = _pair()
+        ddp = DDP(net)
+        part = slice(2 * rank, 2 * rank + 2)
+        for inputs in (x[part], mix[part]):  # DMPF / co-learning: a student's two passes, each backpropagated at once
+            (ddp(inputs) ** 2).mean().backward()
+        results[rank] = [p.grad.clone() for p in net.parameters()]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_passes_of_one_ddp_network_per_step_match_the_joint_gradient():
+    """DMPF and co-learning run a student twice per step (labeled + unlabeled, then its mix), backpropagating
+    each pass before the next forward: under DDP the averaged gradients equal the single-process joint step's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(2)
+    x, mix = torch.randn(4, 1, 2, 2, 2, generator=g), torch.randn(4, 1, 2, 2, 2, generator=g)
+    expected = []
+    for rank in (0, 1):  # each rank's loss on its half, averaged over ranks as DDP does
+        net, _ = _pair()
+        part = slice(2 * rank, 2 * rank + 2)
+        ((net(x[part]) ** 2).mean() + (net(mix[part]) ** 2).mean()).backward()
+        expected.append([p.grad for p in net.parameters()])
+    expected = [(a + b) / 2 for a, b in zip(*expected)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_two_passes_worker, args=(port, x, mix, results), nprocs=2, join=True)
+    for rank in (0, 1):
+        for got, want in zip(results[rank], expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
