@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import CPU_PLANS
 from nnunet_ssl.trainers.dmpf import (dmpf_total_loss, foreground_samples, nnUNetTrainerDMPF,
-                                      nnUNetTrainerDMPF_CutMix, nnUNetTrainerDMPF_CutOut)
+                                      nnUNetTrainerDMPF_CutMix, nnUNetTrainerDMPF_CutOut, nnUNetTrainerDMPF_MixCE)
 
 BUDGET = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
 
@@ -128,7 +128,9 @@ def test_default_and_ablation_weight_pairs():
         "nnUNetTrainerDMPF_ClassMix": ("cdifw", "disw", "classmix"),
         "nnUNetTrainerDMPF_TeacherInference": ("cdifw", "disw", "dmp"),
         "nnUNetTrainerDMPF_Ensemble": ("cdifw", "disw", "dmp"),
+        "nnUNetTrainerDMPF_MixCE": ("cdifw", "disw", "dmp"),
     }
+    assert nnUNetTrainerDMPF.mix_dice_weight == 1.0 and nnUNetTrainerDMPF_MixCE.mix_dice_weight == 0.0
 
 
 def test_inference_network_is_student_a_and_teacher_a_is_a_variant():
@@ -183,7 +185,7 @@ def test_foreground_samples_by_hand():
 def test_mixed_loss_skips_samples_whose_pseudo_label_is_background_only():
     from nnunet_ssl.mixing.mixes import MixResult
 
-    t = _bare(nnUNetTrainerDMPF)
+    t = _bare(nnUNetTrainerDMPF_MixCE)  # CE alone (the Dice: the next test)
     # two samples, two voxels, two classes; sample 0's pseudo-label is all background -> no loss
     # sample 1: voxel a logits [0, 0] label 1 -> CE ln 2; voxel b logits [0, ln 3] label 0 -> CE ln 4
     #   equal weights: (ln 2 + 2 ln 2)/2 = 1.5 ln 2
@@ -240,6 +242,7 @@ def test_compute_losses_composes_the_paper_formula(tiny_3d):
     t = build_trainer(tiny_3d["id"], "3d_fullres", 0, "nnUNetTrainerDMPF", CPU_PLANS, "cpu", budget=BUDGET)
     t.initialize()
     t.one_graph_per_network = False  # every term keeps its graph (the one-graph step: test_cps_one_graph.py)
+    t.mix_dice_weight = 0.0  # L_m's CE alone here; its Dice: test_mixed_loss_with_dice_...
     C, c_in = t.label_manager.num_segmentation_heads, t.num_input_channels
     a, b, ta, tb = (_conv(c_in, C, s) for s in range(4))
     # teacher A: class 0 wins where input channel 0 is very negative, class 1 elsewhere, so that
