@@ -130,12 +130,6 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
         return get_strong_mix(self.strong_mix)(x_u[:k], pseudo[:k], x_l[:k], y_l[:k], class_weights,
                                                self.generator, **options)
 
-    def double_mix(self, x_u: torch.Tensor, x_l: torch.Tensor, y_l: torch.Tensor, pseudo_a: torch.Tensor,
-                   pseudo_b: torch.Tensor, w_a: torch.Tensor, w_b: torch.Tensor) -> Tuple[MixResult, MixResult]:
-        """Step 3: A's mix from ``(ŷ_A^u, W_A)``, then B's from ``(ŷ_B^u, W_B)`` (:meth:`strong_mix_one`)."""
-        return (self.strong_mix_one(x_u, x_l, y_l, pseudo_a, w_a),
-                self.strong_mix_one(x_u, x_l, y_l, pseudo_b, w_b))
-
     def mixed_loss(self, logits: torch.Tensor, mixed: MixResult, pseudo: torch.Tensor,
                    class_weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Step 4 for one model: ``CE_W(logits, ŷ^m)`` (plus ``mix_dice_weight`` × the unweighted foreground
@@ -162,7 +156,7 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
         are drawn in the order A, B, so the loss, the class weights, the mixes and the gradients are those of
         one joint graph. With ``one_graph_per_network`` (default) each of the four graphs (A on
         ``[x_l; x_u]``, A on its mix, B, B's mix) is backpropagated (:meth:`backward_part`) and freed before the
-        next pass runs, at no extra compute: activation factor 2 instead of 6. Off (as benchmarks/
+        next pass runs, at no extra compute: about 2x nnUNetTrainer's saved activations instead of 6x. Off (as benchmarks/
         term_gradients.py sets it), the terms keep their graphs and train_step backpropagates their sum."""
         n = data.shape[0]
         x = torch.cat([data, unlabeled])

@@ -42,7 +42,8 @@ def test_dmp_uses_model_a_weights_and_pseudo_labels_for_a_and_b_for_b():
     x_u, x_l, y_l, pseudo_a, pseudo_b = _mix_inputs()
     w_a = torch.tensor([0.0, 0.0, 1.0, 0.0])  # only class 2 can be drawn for A: S_A = {2}
     w_b = torch.tensor([0.0, 1.0, 0.0, 0.0])  # only class 1 for B: S_B = {1}
-    mix_a, mix_b = _bare(nnUNetTrainerDMPF).double_mix(x_u, x_l, y_l, pseudo_a, pseudo_b, w_a, w_b)
+    t = _bare(nnUNetTrainerDMPF)
+    mix_a, mix_b = (t.strong_mix_one(x_u, x_l, y_l, p, w) for p, w in ((pseudo_a, w_a), (pseudo_b, w_b)))
     assert mix_a.classes[0].tolist() == [2] and mix_b.classes[0].tolist() == [1]
     # A: M = 1[ŷ_A ∈ {2}] = [[0, 1], [1, 0]]; B: M = 1[ŷ_B ∈ {1}] = [[1, 1], [0, 0]]
     assert mix_a.mask[0, :, :, 0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
@@ -55,13 +56,13 @@ def test_dmp_uses_model_a_weights_and_pseudo_labels_for_a_and_b_for_b():
     assert torch.all(mix_a.weight == 1) and torch.all(mix_b.weight == 1)
 
 
-def test_double_mix_pairs_sample_i_and_uses_the_smaller_batch():
+def test_strong_mix_pairs_sample_i_and_uses_the_smaller_batch():
     g = torch.Generator().manual_seed(0)
     x_u, x_l = torch.randn(3, 1, 4, 4, 4, generator=g), torch.randn(2, 1, 4, 4, 4, generator=g)
     y_l = torch.randint(0, 4, (2, 4, 4, 4), generator=g)
     pseudo = torch.randint(0, 4, (3, 4, 4, 4), generator=g)
     w = torch.ones(4)
-    mix_a, _ = _bare(nnUNetTrainerDMPF).double_mix(x_u, x_l, y_l, pseudo, pseudo, w, w)
+    mix_a = _bare(nnUNetTrainerDMPF).strong_mix_one(x_u, x_l, y_l, pseudo, w)
     assert mix_a.image.shape == (2, 1, 4, 4, 4)
     m = mix_a.mask.bool()
     for i in range(2):  # unlabeled sample i onto labeled sample i
@@ -70,11 +71,11 @@ def test_double_mix_pairs_sample_i_and_uses_the_smaller_batch():
         assert torch.equal(mix_a.label[i], torch.where(m[i], pseudo[i], y_l[i]))
 
 
-def test_double_mix_is_reproducible_from_the_generator():
+def test_strong_mix_is_reproducible_from_the_generator():
     x_u, x_l, y_l, pseudo_a, pseudo_b = _mix_inputs()
     w = torch.tensor([1.0, 1.0, 1.0, 1.0])
-    first = _bare(nnUNetTrainerDMPF, seed=7).double_mix(x_u, x_l, y_l, pseudo_a, pseudo_b, w, w)
-    again = _bare(nnUNetTrainerDMPF, seed=7).double_mix(x_u, x_l, y_l, pseudo_a, pseudo_b, w, w)
+    first, again = ([t.strong_mix_one(x_u, x_l, y_l, p, w) for p in (pseudo_a, pseudo_b)]
+                    for t in (_bare(nnUNetTrainerDMPF, seed=7), _bare(nnUNetTrainerDMPF, seed=7)))
     for a, b in zip(first, again):
         assert torch.equal(a.mask, b.mask)
 
@@ -86,7 +87,7 @@ def test_cutmix_ablation_swaps_the_class_mask_for_one_box():
     pseudo = torch.randint(0, 4, (2, 4, 4, 4), generator=g)
     t = _bare(nnUNetTrainerDMPF_CutMix)
     t.box_beta = 0.5
-    mix_a, mix_b = t.double_mix(x_u, x_l, y_l, pseudo, pseudo, torch.ones(4), torch.ones(4))
+    mix_a, mix_b = (t.strong_mix_one(x_u, x_l, y_l, pseudo, torch.ones(4)) for _ in range(2))
     for mx in (mix_a, mix_b):
         zeros = (mx.mask[0] == 0).nonzero()  # one 2×2×2 box from the labeled patch, shared by the batch
         assert len(zeros) == 8 and (zeros.max(0).values - zeros.min(0).values).tolist() == [1, 1, 1]
@@ -99,7 +100,7 @@ def test_cutout_ablation_erases_a_box_that_carries_no_loss():
     pseudo = torch.ones(1, 4, 4, 4, dtype=torch.long)
     t = _bare(nnUNetTrainerDMPF_CutOut)
     t.box_beta = 0.5
-    mix_a, _ = t.double_mix(x_u, -x_u, pseudo * 0, pseudo, pseudo, torch.ones(4), torch.ones(4))
+    mix_a = t.strong_mix_one(x_u, -x_u, pseudo * 0, pseudo, torch.ones(4))
     box = mix_a.mask == 0
     assert box.sum() == 8
     assert torch.all(mix_a.image[:, 0][box] == 0) and torch.all(mix_a.image[:, 0][~box] == 1)
