@@ -67,6 +67,16 @@ class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
         return {"loss": loss_sup + w * loss_cps, "loss_sup": loss_sup, "loss_cps": loss_cps, "w_cps": w}
 
 
+class nnUNetTrainerCPS_FullRampup(nnUNetTrainerCPS):
+    """CPS whose consistency weight ramps up over the whole run (``rampup_fraction = 1``), as the reference
+    code does (SSL4MIS ``train_cross_pseudo_supervision_3D.py``: ``sigmoid_rampup(iter // 150, 200)`` with
+    30,000 iterations), instead of over the first 40%. At 40% of training the reference's weight is
+    ``exp(-5·0.36) ≈ 0.17`` of its maximum where the default's is already full, so a partner's early mistakes
+    (e.g. one hippocampus part labelled as the other) are taught far less."""
+
+    rampup_fraction = 1.0
+
+
 class nnUNetTrainerCPS_Ensemble(nnUNetTrainerCPS):
     """CPS, trained identically, predicting with the mean of both networks' softmax (the seed FLARE22
     pipeline combines both CPS networks). Validation, ``checkpoint_best`` and ``nnUNetv2_predict``
