@@ -59,6 +59,12 @@ def finished_demo(workdir: str, trainers, epochs: int, iters: int, labeled: int,
     return results if same else None
 
 
+def workdir_of(args, labeled: int, seed: int) -> str:
+    """The demo workdir of one labeled count and seed."""
+    return args.workdir + (f"_{labeled}labeled" if len(args.labeled) > 1 else "") + \
+        (f"_s{seed}" if len(args.seeds) > 1 else "")
+
+
 def run_demo(args, labeled: int, unlabeled: int, seed: int, workdir: str) -> dict:
     cmd = ["nnunet-ssl", "demo", "--dim", str(args.dim), "--workdir", workdir, "--epochs", str(args.epochs),
            "--iters", str(args.iters), "--labeled", str(labeled), "--unlabeled", str(unlabeled),
@@ -66,6 +72,35 @@ def run_demo(args, labeled: int, unlabeled: int, seed: int, workdir: str) -> dic
     subprocess.run(cmd, check=True)
     with open(os.path.join(workdir, "demo_results.json")) as f:
         return json.load(f)
+
+
+def logged_terms(workdir: str, dim: int, trainer: str) -> dict:
+    """The per-epoch terms a trainer of this package logged (``ssl/<term>`` -> list over epochs), read from
+    the demo run's final checkpoint; {} for nnU-Net's own trainers or a missing checkpoint."""
+    import torch
+
+    from nnunet_ssl.commands.demo import KINDS, PLANS
+
+    kind = KINDS[dim]
+    path = os.path.join(workdir, "nnUNet_results", kind.dataset_name, f"{trainer}__{PLANS}__{kind.configuration}",
+                        "fold_all", "checkpoint_final.pth")
+    if not os.path.isfile(path):
+        return {}
+    log = torch.load(path, map_location="cpu", weights_only=False).get("logging", {})
+    return {k[4:]: v for k, v in log.items() if k.startswith("ssl/")}
+
+
+def contrastive_rows(terms_per_seed: dict, last: int = 5) -> Optional[tuple]:
+    """``(first epoch, mean of the last epochs, chance)`` of ``loss_dcl``, each averaged over seeds, from
+    ``{seed: logged_terms}``; None when no seed logged it."""
+    runs = [t for t in terms_per_seed.values() if t.get("loss_dcl")]
+    if not runs:
+        return None
+    first = float(np.mean([t["loss_dcl"][0] for t in runs]))
+    end = float(np.mean([np.nanmean(t["loss_dcl"][-last:]) for t in runs]))
+    chance = float(np.mean([np.nanmean(t["loss_dcl_chance"][-last:]) for t in runs if t.get("loss_dcl_chance")]
+                           or [np.nan]))
+    return first, end, chance
 
 
 def summarise(per_seed: dict, baseline: str) -> list:
@@ -120,8 +155,7 @@ def main() -> int:
         unlabeled = args.total - n if args.total is not None else args.unlabeled
         per_seed = {}
         for seed in args.seeds:
-            workdir = args.workdir + (f"_{n}labeled" if len(args.labeled) > 1 else "") + \
-                (f"_s{seed}" if len(args.seeds) > 1 else "")
+            workdir = workdir_of(args, n, seed)
             done = finished_demo(workdir, args.trainers, args.epochs, args.iters, n, unlabeled, args.test, seed,
                                  args.dim)
             if done is not None:
@@ -176,6 +210,18 @@ def main() -> int:
                     fpr = float(np.nanmean([v["false_positive_rate"] for v in vals]))
                     cells.append(f"{dice:.3f} / {fpr:.2f}")
                 lines.append(f"| {share}{trainer} | " + " | ".join(cells) + " |")
+    contrastive = []
+    for n, u, per_seed in groups:
+        for trainer in args.trainers:
+            terms = {seed: logged_terms(workdir_of(args, n, seed), args.dim, trainer) for seed in per_seed}
+            row = contrastive_rows(terms)
+            if row is not None:
+                contrastive.append(f"| {n} | {trainer} | {row[0]:.3f} | {row[1]:.3f} | {row[2]:.3f} |")
+    if contrastive:
+        lines += ["", "Contrastive term `loss_dcl` (training log), mean over seeds: its first epoch, its last 5 "
+                      "epochs, and the chance level `scales · ln(B - 1)` at which the embeddings tell no patch apart "
+                      "(below it, the term is learning):", "",
+                  "| labeled | trainer | first epoch | last 5 epochs | chance |", "|---|---|---|---|---|", *contrastive]
     flags = (f"--dim {args.dim} " if args.dim != 3 else "") + f"--trainers {' '.join(args.trainers)} " \
         f"--epochs {args.epochs} --iters {args.iters} --labeled {' '.join(map(str, args.labeled))} " + \
         (f"--total {args.total} " if args.total is not None else f"--unlabeled {args.unlabeled} ") + \

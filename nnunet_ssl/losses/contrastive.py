@@ -10,6 +10,7 @@ that have a category label: an unlabeled image would otherwise count as a negati
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -76,6 +77,18 @@ def supcon_loss(embeddings: torch.Tensor, positive_mask: torch.Tensor, temperatu
     log_prob = logits - log_denominator
     mean_log_prob_pos = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(1)[has_pos] / num_pos[has_pos]
     return -mean_log_prob_pos.mean()
+
+
+def supcon_chance(positive_mask: torch.Tensor, num_scales: int = 1) -> float:
+    """What :func:`multiscale_supcon_loss` over ``num_scales`` scales is when the embeddings tell the images
+    apart not at all (every similarity equal): each anchor's softmax over the ``B - 1`` others is uniform, so
+    ``ℓ_i = ln(B - 1)`` for every anchor with a positive, and the loss is ``num_scales · ln(B - 1)``; 0 if
+    no anchor has a positive (as the loss). A contrastive term that learns falls below this level."""
+    b = positive_mask.shape[0]
+    not_self = ~torch.eye(b, dtype=torch.bool, device=positive_mask.device)
+    if b < 2 or not bool((positive_mask.to(torch.bool) & not_self).any()):
+        return 0.0
+    return num_scales * math.log(b - 1)
 
 
 def multiscale_supcon_loss(embeddings_per_scale: Sequence[torch.Tensor], positive_mask: torch.Tensor,

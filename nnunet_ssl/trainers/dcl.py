@@ -56,7 +56,7 @@ from nnunet_ssl.data.category_labels import (CATEGORY_LABELS_FILE, CategoryLabel
                                              classes_in_mask, load_category_labels, read_mask_classes)
 from nnunet_ssl.errors import UserError
 from nnunet_ssl.heads.projection import encoder_module
-from nnunet_ssl.losses.contrastive import multiscale_supcon_loss, positive_pair_mask
+from nnunet_ssl.losses.contrastive import multiscale_supcon_loss, positive_pair_mask, supcon_chance
 from nnunet_ssl.losses.segmentation import GeneralisedDiceFocalLoss
 from nnunet_ssl.methods.contrastive import CLASSIFIER, PROJECTION, ContrastiveSegmentationTrainer
 from nnunet_ssl.trainers.semisupervised import split_output
@@ -149,7 +149,9 @@ class nnUNetTrainerDCL(ContrastiveSegmentationTrainer):
 
     # ---- losses
     def category_terms(self, features: Sequence[torch.Tensor], target, n_labeled: int) -> Dict[str, torch.Tensor]:
-        """``loss_dcl``, ``loss_cls`` (if β > 0) and monitors over the patches with a category label.
+        """``loss_dcl``, ``loss_cls`` (if β > 0) and monitors over the patches with a category label;
+        ``loss_dcl_chance`` is what ``loss_dcl`` would be with embeddings that tell no image apart
+        (:func:`supcon_chance`): the term learns when ``loss_dcl`` falls below it.
         ``features``: encoder stage outputs of the stacked batch ``[labeled; unlabeled]``."""
         vectors, stages, keep = batch_categories(full_resolution(target)[:n_labeled],
                                                  self.batch_keys["labeled"], self.batch_keys["unlabeled"],
@@ -159,6 +161,7 @@ class nnUNetTrainerDCL(ContrastiveSegmentationTrainer):
         positives = positive_pair_mask(vectors, [stages[i] for i in idx.tolist()])
         z = [zs[idx] for zs in self.project(features)]
         terms = {"loss_dcl": multiscale_supcon_loss(z, positives, self.temperature),
+                 "loss_dcl_chance": supcon_chance(positives, len(z)),
                  "n_category": float(len(idx)),
                  "positive_anchor_rate": positives.any(1).float().mean() if len(idx) else 0.0}
         if self.cls_weight > 0:

@@ -36,3 +36,14 @@ def test_finished_demo_is_reused_only_with_the_same_settings(tmp_path):
     for change in ({"seed": 2}, {"epochs": 40}, {"trainers": ["nnUNetTrainer"]}, {"labeled": 8}):
         assert dq.finished_demo(str(tmp_path), **{**same, **change}) is None, change
     assert dq.finished_demo(str(tmp_path / "missing"), **same) is None
+
+
+def test_contrastive_rows_average_first_last_and_chance_over_seeds():
+    dq = load_benchmark("demo_quality")
+    # seed 0: first 6.0, last five epochs 5.0 4.0 3.0 2.0 1.0 -> 3.0; seed 1: first 5.0, last five all 4.0
+    terms = {0: {"loss_dcl": [6.0, 5.0, 4.0, 3.0, 2.0, 1.0], "loss_dcl_chance": [5.8] * 6},
+             1: {"loss_dcl": [5.0, 4.0, 4.0, 4.0, 4.0, 4.0], "loss_dcl_chance": [5.6] * 6},
+             2: {}}  # nnUNetTrainer-like run without the term: left out
+    first, end, chance = dq.contrastive_rows(terms)
+    assert (first, end, chance) == pytest.approx((5.5, 3.5, 5.7))
+    assert dq.contrastive_rows({0: {}, 1: {}}) is None

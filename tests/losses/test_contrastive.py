@@ -7,6 +7,7 @@ from nnunet_ssl.losses.contrastive import (
     multiscale_supcon_loss,
     positive_pair_mask,
     simclr_positive_mask,
+    supcon_chance,
     supcon_loss,
 )
 
@@ -113,3 +114,16 @@ def test_simclr_identical_views_beat_swapped_views():
     # aligned anchor: -log(e^2 / (e^2 + 2 e^0)) = log(1 + 2 e^-2)
     assert aligned.item() == pytest.approx(math.log(1 + 2 * math.exp(-2)), abs=1e-6)
     assert aligned < swapped
+
+
+def test_supcon_chance_is_the_loss_of_indistinguishable_embeddings():
+    # 8 images, 3 scales: a uniform softmax over the 7 others gives 3 ln 7 = 5.8377 for any positive mask
+    pos = torch.zeros(8, 8, dtype=torch.bool)
+    pos[0, 1] = pos[1, 0] = pos[2, 5] = pos[5, 2] = True
+    assert supcon_chance(pos, num_scales=3) == pytest.approx(3 * math.log(7))
+    assert 3 * math.log(7) == pytest.approx(5.8377, abs=1e-4)
+    same = [torch.nn.functional.normalize(torch.ones(8, 4), dim=1)] * 3  # every similarity equal
+    assert multiscale_supcon_loss(same, pos).item() == pytest.approx(supcon_chance(pos, 3), abs=1e-5)
+    # no positive pair (or a single image): the loss is 0, and so is its chance level
+    assert supcon_chance(torch.zeros(8, 8, dtype=torch.bool), 3) == 0.0
+    assert supcon_chance(torch.ones(1, 1, dtype=torch.bool)) == 0.0
