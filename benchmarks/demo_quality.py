@@ -103,6 +103,13 @@ def contrastive_rows(terms_per_seed: dict, last: int = 5) -> Optional[tuple]:
     return first, end, chance
 
 
+def any_absent_class(groups) -> bool:
+    """Whether some test case lacks some class (a false-positive rate exists): on the 3D demo every case
+    holds every class, and the Dice-when-present / false-positive table would only repeat the Dice."""
+    return any(np.isfinite(v["false_positive_rate"]) for _, _, per_seed in groups for r in per_seed.values()
+               for classes in r["presence"].values() for v in classes.values())
+
+
 def summarise(per_seed: dict, baseline: str) -> list:
     """Table rows ``(trainer, {class: (mean, std)}, wins, pooled test)`` from ``{seed: demo_results}``.
 
@@ -195,7 +202,7 @@ def main() -> int:
                 p_text = "" if test is None else (f"{test.p_value:.3g}" if test.tested else "n/a")
                 extra = (f" | {wins}/{k} | {delta:+.3f} | {p_text}" if trainer != args.baseline else " | | | ")
             lines.append(f"| {share}{trainer} | {cells}{extra} |")
-    if all("presence" in r for _, _, per_seed in groups for r in per_seed.values()):
+    if all("presence" in r for _, _, per_seed in groups for r in per_seed.values()) and any_absent_class(groups):
         lines += ["", "Per class, Dice on the test cases that contain the class / false-positive rate (share of the "
                       "cases without the class in which it is predicted), mean over seeds:", "",
                   "| " + ("labeled | " if several else "") + "trainer | " + " | ".join(classes[:-1]) + " |",

@@ -47,3 +47,11 @@ def test_contrastive_rows_average_first_last_and_chance_over_seeds():
     first, end, chance = dq.contrastive_rows(terms)
     assert (first, end, chance) == pytest.approx((5.5, 3.5, 5.7))
     assert dq.contrastive_rows({0: {}, 1: {}}) is None
+
+
+def test_presence_table_only_when_some_case_lacks_a_class():
+    dq = load_benchmark("demo_quality")
+    every_case_has_every_class = {"X": {"organ": {"dice_present": 0.9, "false_positive_rate": float("nan")}}}
+    some_absent = {"X": {"organ": {"dice_present": 0.9, "false_positive_rate": 0.2}}}
+    assert not dq.any_absent_class([(4, 24, {0: {"presence": every_case_has_every_class}})])
+    assert dq.any_absent_class([(4, 24, {0: {"presence": every_case_has_every_class}, 1: {"presence": some_absent}})])
