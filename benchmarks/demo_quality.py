@@ -79,11 +79,10 @@ def logged_terms(workdir: str, dim: int, trainer: str) -> dict:
     the demo run's final checkpoint; {} for nnU-Net's own trainers or a missing checkpoint."""
     import torch
 
-    from nnunet_ssl.commands.demo import KINDS, PLANS
+    from nnunet_ssl.commands.demo import KINDS, trainer_folder
 
-    kind = KINDS[dim]
-    path = os.path.join(workdir, "nnUNet_results", kind.dataset_name, f"{trainer}__{PLANS}__{kind.configuration}",
-                        "fold_all", "checkpoint_final.pth")
+    path = os.path.join(trainer_folder(os.path.join(workdir, "nnUNet_results"), KINDS[dim], trainer),
+                        "checkpoint_final.pth")
     if not os.path.isfile(path):
         return {}
     log = torch.load(path, map_location="cpu", weights_only=False).get("logging", {})

@@ -89,6 +89,11 @@ def _set_paths(workdir: str) -> None:
     os.environ.setdefault("nnUNet_compile", "false")
 
 
+def trainer_folder(results: str, kind: DemoKind, trainer: str) -> str:
+    """Where the demo's run of ``trainer`` lives under the nnU-Net results folder ``results`` (fold ``all``)."""
+    return os.path.join(results, kind.dataset_name, f"{trainer}__{PLANS}__{kind.configuration}", "fold_all")
+
+
 def make_spec(kind: DemoKind, labeled: int, unlabeled: int, test: int, seed: int):
     """The synthetic data of a demo variant (2D: every training frame has a category label)."""
     from nnunet_ssl.data.synthetic import SyntheticSpec
@@ -203,8 +208,7 @@ def run(args) -> int:
     prepare_dataset(spec, kind=kind)
     pred_dirs = {}
     for trainer in trainers:
-        out = os.path.join(nnUNet_results.get(), kind.dataset_name, f"{trainer}__{PLANS}__{kind.configuration}",
-                           "fold_all")
+        out = trainer_folder(nnUNet_results.get(), kind, trainer)
         if not os.path.isfile(os.path.join(out, "checkpoint_final.pth")):
             print(f"[3/4] training {trainer} ({args.epochs} epochs x {args.iters} iterations, CPU)")
             t = time.time()

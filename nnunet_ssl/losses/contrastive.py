@@ -49,6 +49,13 @@ def simclr_positive_mask(batch_size: int, device: Optional[torch.device] = None)
     return partner[None, :] == idx[:, None]
 
 
+def _off_diagonal(positive_mask: torch.Tensor):
+    """``(positives, not_self)``: the ``(B, B)`` bool positive mask without its diagonal, and the off-diagonal mask."""
+    b = positive_mask.shape[0]
+    not_self = ~torch.eye(b, dtype=torch.bool, device=positive_mask.device)
+    return positive_mask.to(torch.bool) & not_self, not_self
+
+
 def supcon_loss(embeddings: torch.Tensor, positive_mask: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """Supervised contrastive loss ``L_out`` (Khosla et al. 2020, eq. 2), averaged over anchors:
 
@@ -65,8 +72,7 @@ def supcon_loss(embeddings: torch.Tensor, positive_mask: torch.Tensor, temperatu
         raise ValueError(f"positive_mask must be ({b}, {b}) for {b} embeddings, got {tuple(positive_mask.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    not_self = ~torch.eye(b, dtype=torch.bool, device=embeddings.device)
-    positives = positive_mask.to(torch.bool) & not_self
+    positives, not_self = _off_diagonal(positive_mask)
     num_pos = positives.sum(dim=1)
     has_pos = num_pos > 0
     if not bool(has_pos.any()):
@@ -84,11 +90,9 @@ def supcon_chance(positive_mask: torch.Tensor, num_scales: int = 1) -> float:
     apart not at all (every similarity equal): each anchor's softmax over the ``B - 1`` others is uniform, so
     ``ℓ_i = ln(B - 1)`` for every anchor with a positive, and the loss is ``num_scales · ln(B - 1)``; 0 if
     no anchor has a positive (as the loss). A contrastive term that learns falls below this level."""
-    b = positive_mask.shape[0]
-    not_self = ~torch.eye(b, dtype=torch.bool, device=positive_mask.device)
-    if b < 2 or not bool((positive_mask.to(torch.bool) & not_self).any()):
+    if not bool(_off_diagonal(positive_mask)[0].any()):
         return 0.0
-    return num_scales * math.log(b - 1)
+    return num_scales * math.log(positive_mask.shape[0] - 1)
 
 
 def multiscale_supcon_loss(embeddings_per_scale: Sequence[torch.Tensor], positive_mask: torch.Tensor,
