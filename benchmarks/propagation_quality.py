@@ -46,6 +46,17 @@ def _evaluate(pred: str, ref: str, labels: dict, ending: str) -> dict:
     return {"per_class": per_class, "mean": result.summary["overall"]["dice"]["mean"]}
 
 
+def table_lines(rows) -> list:
+    """Markdown table of ``(label, {"per_class": {...}, "mean": m}, seconds per case)`` rows: per-class Dice,
+    mean Dice and wall time per case (prediction, plus propagation where there is one; evaluation excluded)."""
+    classes = list(rows[0][1]["per_class"])
+    lines = ["| prediction | " + " | ".join(classes) + " | mean | s per case |", "|---" * (len(classes) + 3) + "|"]
+    for label, r, seconds in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{r['per_class'][c]:.3f}" for c in classes) +
+                     f" | {r['mean']:.3f} | {seconds:.1f} |")
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-d", dest="dataset", required=True, help="dataset id or name in nnUNet_raw, with imagesTs/labelsTs")
@@ -73,27 +84,28 @@ def main() -> int:
     labels, ending = dataset_json["labels"], dataset_json["file_ending"]
     work = args.workdir or os.path.splitext(os.path.abspath(args.out))[0] + "_predictions"
 
+    cases = len(os.listdir(refs))
     rows = []
     start = time.time()
     alone = os.path.join(work, "reference_every_slice")
+    t0 = time.time()
     predict_folder(args.reference, images, alone, folds=args.folds, device=args.device, num_processes=1)
-    rows.append(("reference model on every slice", _evaluate(alone, refs, labels, ending)))
+    seconds = (time.time() - t0) / cases
+    rows.append(("reference model on every slice", _evaluate(alone, refs, labels, ending), seconds))
     for n in args.slices:
         for k in args.per_organ:
             out = os.path.join(work, f"propagation_slices{n}_per_organ{k}")
+            t0 = time.time()
             propagate_folder(images, out, args.reference, args.propagator, folds=args.folds, device=args.device,
                              num_slices=n, references_per_organ=k, overwrite=True)
+            seconds = (time.time() - t0) / cases
             rows.append((f"{n} sampled slices, {k} reference(s) per organ + propagation",
-                         _evaluate(out, refs, labels, ending)))
+                         _evaluate(out, refs, labels, ending), seconds))
 
-    classes = list(rows[0][1]["per_class"])
     lines = [f"# Mask propagation on {name}: reference model alone vs reference slices + propagation", "",
              f"Reference: `{args.reference}`; propagator: `{args.propagator}`; folds {' '.join(args.folds)}; "
-             f"{len(os.listdir(refs))} test cases (labelsTs); device {args.device}; {time.time() - start:.0f} s.", "",
-             "| prediction | " + " | ".join(classes) + " | mean |", "|---" * (len(classes) + 2) + "|"]
-    for label, r in rows:
-        lines.append(f"| {label} | " + " | ".join(f"{r['per_class'][c]:.3f}" for c in classes) +
-                     f" | {r['mean']:.3f} |")
+             f"{cases} test cases (labelsTs); device {args.device}; {time.time() - start:.0f} s.", ""]
+    lines += table_lines(rows)
     lines += ["", "Command: `python " + " ".join(sys.argv) + "`"]
     write_report(lines, args.out)
     return 0
