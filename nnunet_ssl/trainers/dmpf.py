@@ -237,6 +237,14 @@ class nnUNetTrainerDMPF_MixCE(nnUNetTrainerDMPF):
     mix_dice_weight = 0.0
 
 
+class nnUNetTrainerDMPF_FullRampup(nnUNetTrainerDMPF):
+    """θ(t) and μ(t) ramp up over the whole run (``rampup_fraction = 1``) instead of the first 40%. The
+    reference code ramps its cross pseudo-label weight over all epochs (``consistency_rampup = max_epoch``),
+    as SSL4MIS's CPS does, where the full ramp fixed CPS's loss of a hippocampus class on the Hippocampus
+    study; at 40% of training θ is ``exp(-5·0.36) ≈ 0.17`` of its maximum, μ the same share of 0.25."""
+    rampup_fraction = 1.0
+
+
 class nnUNetTrainerDMPF_TeacherInference(nnUNetTrainerDMPF):
     """Predicts with teacher A (the EMA of the CDifW student, whose pseudo-labels drive A's DMP)
     instead of student A; on short runs the teacher lags its student by ~1/(1 − ema_decay) steps."""
