@@ -237,6 +237,15 @@ class nnUNetTrainerDMPF_MixCE(nnUNetTrainerDMPF):
     mix_dice_weight = 0.0
 
 
+class nnUNetTrainerDMPF_UnsupervisedFloor(nnUNetTrainerDMPF):
+    """The unlabeled terms' class weights floored as the supervised term's (``unsupervised_weight_floor = 1``:
+    ``1 + w/mean(w)``), so L_m's CE and L_u charge false positives on background, which the trackers weigh
+    ~0 (DisW 0, CDifW ~0.2 of the others). On the Hippocampus study default DMPF over-segments the anterior
+    class (predicted volume 2.9x and 4.0x the reference on seeds 0 and 1; 6-9% of background voxels
+    predicted anterior)."""
+    unsupervised_weight_floor = 1.0
+
+
 class nnUNetTrainerDMPF_FullRampup(nnUNetTrainerDMPF):
     """θ(t) and μ(t) ramp up over the whole run (``rampup_fraction = 1``) instead of the first 40%. The
     reference code ramps its cross pseudo-label weight over all epochs (``consistency_rampup = max_epoch``),
