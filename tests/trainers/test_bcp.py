@@ -209,3 +209,31 @@ def test_both_phases_train_every_head_nnunet_trains(tiny_3d, monkeypatch):
     assert grads(t.compute_losses(x, y.float(), None)["loss"]) == reference  # pre-train
     t.start_self_training()
     assert grads(t.compute_losses(x, y.float(), x_u)["loss"]) == reference  # self-train
+
+
+@pytest.mark.e2e
+def test_plain_pretrain_is_nnunet_trainers_step(tiny_3d, monkeypatch):
+    """nnUNetTrainerBCP_PlainPretrain pre-trains with nnU-Net's own loss on the unmixed labeled batch (equal
+    loss value), draws no box (the generator is untouched), and self-trains as BCP."""
+    from conftest import CPU_PLANS
+    from nnunet_ssl.losses.deep_supervision import downsample_like
+    from nnunet_ssl.runner import build_trainer
+
+    monkeypatch.delenv("nnUNet_ssl_overrides", raising=False)
+    t = build_trainer(tiny_3d["id"], "3d_fullres", 0, "nnUNetTrainerBCP_PlainPretrain", CPU_PLANS, "cpu",
+                      budget={"num_epochs": 4, "num_iterations_per_epoch": 2})
+    t.initialize()
+    t.network.eval()  # no dropout / batch statistics between the two forward passes
+    torch.manual_seed(0)
+    shape = (2, 1, *t.configuration_manager.patch_size)
+    x, x_u = torch.randn(shape), torch.randn(shape)
+    y = torch.randint(0, t.label_manager.num_segmentation_heads, shape).float()
+    state = t.generator.get_state()
+    with torch.no_grad():
+        expected = t.loss(t.network(x), downsample_like(y, t.network(x)))
+        terms = t.compute_losses(x, y, None)
+        assert set(terms) == {"loss", "loss_sup", "self_training"}
+        assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+        assert torch.equal(t.generator.get_state(), state)
+        t.start_self_training()
+        assert "loss_mix_in" in t.compute_losses(x, y, x_u)
