@@ -3,7 +3,7 @@ framework: enhancing semi-supervised segmentation on category-imbalanced CT volu
 as an nnU-Net trainer, with the ablations the paper reports as named subclasses."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -103,6 +103,11 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
     against 0.694 with CE alone, organ 0.928 / vessel 0.884 / lesion 0.432 against 0.914 / 0.866 / 0.303
     (separate single runs per seed, not paired)."""
 
+    mix_class_weights: bool = True
+    """Weigh L_m's CE by the class weights (the paper's CE_W). False: the plain CE, as the reference code's
+    mixed loss ends up (its weights are set once to equal values and never updated):
+    ``nnUNetTrainerDMPF_MixUnweighted``. DMP's class sampling uses the trackers' weights either way."""
+
     teacher_sources = {"teacher_a": "network", "teacher_b": "network_b"}
     inference_model = "network"
     seg_ce_weight = 0.5
@@ -131,7 +136,7 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
                                                self.generator, **options)
 
     def mixed_loss(self, logits: torch.Tensor, mixed: MixResult, pseudo: torch.Tensor,
-                   class_weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                   class_weights: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Step 4 for one model: ``CE_W(logits, ŷ^m)`` (plus ``mix_dice_weight`` × the unweighted foreground
         soft Dice) over the samples whose pseudo-label holds a foreground class, and the fraction of samples
         left out.
@@ -176,7 +181,8 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
             if now:
                 self.backward_part((1 - mu) * sup + theta * u)
             mix = self.strong_mix_one(unlabeled, data, y_l, pseudo[m], w)  # 3.
-            mixed, skipped = self.mixed_loss(full_resolution(net(mix.image)).float(), mix, pseudo[m], uw)  # 4.
+            mixed, skipped = self.mixed_loss(full_resolution(net(mix.image)).float(), mix, pseudo[m],
+                                             uw if self.mix_class_weights else None)  # 4.
             if now:
                 self.backward_part(mu * mixed)
             terms[m] = (sup, mixed, u, w, mix.mask.mean(), skipped)
@@ -244,6 +250,15 @@ class nnUNetTrainerDMPF_UnsupervisedFloor(nnUNetTrainerDMPF):
     class (predicted volume 2.9x and 4.0x the reference on seeds 0 and 1; 6-9% of background voxels
     predicted anterior)."""
     unsupervised_weight_floor = 1.0
+
+
+class nnUNetTrainerDMPF_MixUnweighted(nnUNetTrainerDMPF):
+    """L_m with the plain CE (plus the Dice, as the default), the class weights left to DMP's sampling, L_sup and
+    L_u. The reference code's mixed loss is built with equal class weights that it never updates. On the
+    Hippocampus study default DMPF over-segments one class; flooring the unlabeled weights
+    (``_UnsupervisedFloor``) moved the over-segmentation from anterior to posterior on seed 1 (posterior volume
+    2.17x the reference)."""
+    mix_class_weights = False
 
 
 class nnUNetTrainerDMPF_FullRampup(nnUNetTrainerDMPF):

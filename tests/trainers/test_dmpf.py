@@ -367,3 +367,33 @@ def test_resume_restores_trackers_exactly(trainer, tiny_3d, tmp_path, monkeypatc
     predictor.predict_from_files_sequential(os.path.join(tiny_3d["raw"], "imagesTs"), str(tmp_path))
     predicted = sorted(f for f in os.listdir(tmp_path) if f.endswith(".nii.gz"))
     assert predicted == sorted(f"{c}.nii.gz" for c in tiny_3d["summary"]["test"])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name,weighted", [("nnUNetTrainerDMPF", True), ("nnUNetTrainerDMPF_MixUnweighted", False)])
+def test_mixed_term_gets_class_weights_unless_unweighted(tiny_3d, monkeypatch, name, weighted):
+    """L_m receives the unlabeled terms' class weights by default and none (plain CE) in _MixUnweighted,
+    whose DMP still samples classes by the trackers' weights."""
+    from nnunet_ssl.losses.deep_supervision import downsample_like
+    from nnunet_ssl.runner import build_trainer
+
+    monkeypatch.delenv("nnUNet_ssl_overrides", raising=False)
+    t = build_trainer(tiny_3d["id"], "3d_fullres", 0, name, CPU_PLANS, "cpu", budget=BUDGET)
+    t.initialize()
+    t.one_graph_per_network = False
+    seen, mix_weights = [], []
+    mixed_loss, strong_mix_one = t.mixed_loss, t.strong_mix_one
+    monkeypatch.setattr(t, "mixed_loss", lambda logits, mixed, pseudo, w: seen.append(w) or
+                        mixed_loss(logits, mixed, pseudo, w))
+    monkeypatch.setattr(t, "strong_mix_one", lambda x_u, x_l, y_l, pseudo, w: mix_weights.append(w) or
+                        strong_mix_one(x_u, x_l, y_l, pseudo, w))
+    g = torch.Generator().manual_seed(0)
+    shape = (2, t.num_input_channels, *t.configuration_manager.patch_size)
+    data, unlabeled = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    y = torch.randint(0, t.label_manager.num_segmentation_heads, (2, 1, *shape[2:]), generator=g).float()
+    with torch.no_grad():
+        target = downsample_like(y, t.network(data))  # nnU-Net's deep-supervision targets
+    terms = t.compute_losses(data, target, unlabeled)
+    assert torch.isfinite(terms["loss"])
+    assert len(seen) == 2 and all((w is not None) == weighted for w in seen)
+    assert len(mix_weights) == 2 and all(isinstance(w, torch.Tensor) for w in mix_weights)
