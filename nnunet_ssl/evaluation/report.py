@@ -266,8 +266,9 @@ def _ordered_trainers(names: Iterable[str], baseline: str) -> list[str]:
 
 
 def compare_to_baseline(res: TrainerResult, base: TrainerResult | None, metric: str = "dice",
-                        cls: str = OVERALL) -> WilcoxonResult:
-    """Paired Wilcoxon of ``res`` against ``base`` on ``metric`` of ``cls`` (same fraction, seeds matched)."""
+                        cls: str = OVERALL, seed=None) -> WilcoxonResult:
+    """Paired Wilcoxon of ``res`` against ``base`` on ``metric`` of ``cls`` (same fraction, seeds matched;
+    pooled over seeds, or on ``seed`` alone when given)."""
     if base is None or not base.ok:
         why = "no baseline run" if base is None else "baseline failed"
         return WilcoxonResult(math.nan, math.nan, 0, math.nan, math.nan, why)
@@ -275,6 +276,8 @@ def compare_to_baseline(res: TrainerResult, base: TrainerResult | None, metric: 
         return WilcoxonResult(math.nan, math.nan, 0, math.nan, math.nan, "run failed")
     x = res.values.get((metric, cls), {})
     y = base.values.get((metric, cls), {})
+    if seed is not None:
+        x = {key: v for key, v in x.items() if key[0] == seed}
     return paired_wilcoxon(*seed_averaged_pairs(x, y))
 
 
@@ -352,20 +355,27 @@ def _table(results: Mapping[str, TrainerResult], classes: Sequence[str], baselin
 
 
 def _seed_table(results: Mapping[str, TrainerResult], baseline: str, seeds: Sequence) -> list[str]:
-    """Mean Dice over cases per seed, its mean ± sample std over seeds, and on how many seeds the trainer's mean
-    is above the baseline's (seeds where both ran); empty for a single seed."""
+    """Mean Dice over cases per seed, its mean ± sample std over seeds, on how many seeds the trainer's mean
+    is above the baseline's (seeds where both ran), and each seed's paired difference with its own Wilcoxon p
+    (a pooled test can be carried by one seed; this column shows whether it is); empty for a single seed."""
     if len(seeds) < 2:
         return []
     base = results.get(baseline)
     base_means = base.seed_means("dice") if base is not None and base.ok else {}
-    lines = [f"| Trainer | mean Dice per seed ({' / '.join(map(str, seeds))}) | mean ± std over seeds "
-             f"| seeds above {baseline} |", "|---|---|---:|---:|"]
+    sep = " / "
+    lines = [f"| Trainer | mean Dice per seed ({sep.join(map(str, seeds))}) | mean ± std over seeds "
+             f"| seeds above {baseline} | Δ Dice per seed (p) |", "|---|---|---:|---:|---|"]
     for t in _ordered_trainers(results, baseline):
         means = results[t].seed_means("dice")
-        per_seed = " / ".join(_fmt(means.get(s, math.nan), 3) for s in seeds)
+        per_seed = sep.join(_fmt(means.get(s, math.nan), 3) for s in seeds)
         both = [s for s in seeds if s in means and s in base_means]
         wins = "–" if t == baseline or not both else f"{sum(means[s] > base_means[s] for s in both)}/{len(both)}"
-        lines.append(f"| {t} | {per_seed} | {_mean_std(describe(means.values()), 3)} | {wins} |")
+        deltas = "–"
+        if t != baseline and both:
+            tests = {s: compare_to_baseline(results[t], base, seed=s) for s in both}
+            deltas = sep.join(f"{tests[s].mean_difference:+.3f} ({format_p(tests[s])})" if s in tests else "–"
+                              for s in seeds)
+        lines.append(f"| {t} | {per_seed} | {_mean_std(describe(means.values()), 3)} | {wins} | {deltas} |")
     return lines
 
 

@@ -122,10 +122,13 @@ def test_build_report(tmp_path):
     # per seed (10 %): baseline 0.600 on both seeds; Mean Teacher 0.700 on both (mean over cases of
     # 0.65 + 0.02 i), above on 2 of 2; Broken ran seed 1 only (0.100), below on 1 of 1
     seeds10 = md.split("## Labeled fraction 10%")[1].split("##")[0]
-    assert "| Trainer | mean Dice per seed (0 / 1) | mean ± std over seeds | seeds above nnUNetTrainer |" in seeds10
-    assert f"| {BASE} | 0.600 / 0.600 | 0.600 ± 0.000 | – |" in seeds10
-    assert f"| {MT} | 0.700 / 0.700 | 0.700 ± 0.000 | 2/2 |" in seeds10
-    assert f"| {BAD} | – / 0.100 | 0.100 | 0/1 |" in seeds10
+    # per-seed paired test: Mean Teacher's 6 differences per seed are all positive and distinct -> p = 2/64;
+    # Broken's seed 1: every difference -0.5 (ties) -> Wilcoxon's exact p for 6 equal signs, also 0.031
+    assert ("| Trainer | mean Dice per seed (0 / 1) | mean ± std over seeds | seeds above nnUNetTrainer "
+            "| Δ Dice per seed (p) |") in seeds10
+    assert f"| {BASE} | 0.600 / 0.600 | 0.600 ± 0.000 | – | – |" in seeds10
+    assert f"| {MT} | 0.700 / 0.700 | 0.700 ± 0.000 | 2/2 | +0.100 (0.031) / +0.100 (0.031) |" in seeds10
+    assert f"| {BAD} | – / 0.100 | 0.100 | 0/1 | – / -0.500 (" in seeds10
 
     records = read_records_csv(out / "all_metrics.csv")
     assert sum(r["status"] == "failed" for r in records) == 3
