@@ -372,9 +372,8 @@ def _seed_table(results: Mapping[str, TrainerResult], baseline: str, seeds: Sequ
         wins = "–" if t == baseline or not both else f"{sum(means[s] > base_means[s] for s in both)}/{len(both)}"
         deltas = "–"
         if t != baseline and both:
-            tests = {s: compare_to_baseline(results[t], base, seed=s) for s in both}
-            deltas = sep.join(f"{tests[s].mean_difference:+.3f} ({format_p(tests[s])})" if s in tests else "–"
-                              for s in seeds)
+            tests = [compare_to_baseline(results[t], base, seed=s) if s in both else None for s in seeds]
+            deltas = sep.join("–" if w is None else f"{w.mean_difference:+.3f} ({format_p(w)})" for w in tests)
         lines.append(f"| {t} | {per_seed} | {_mean_std(describe(means.values()), 3)} | {wins} | {deltas} |")
     return lines
 

@@ -128,7 +128,7 @@ def test_build_report(tmp_path):
             "| Δ Dice per seed (p) |") in seeds10
     assert f"| {BASE} | 0.600 / 0.600 | 0.600 ± 0.000 | – | – |" in seeds10
     assert f"| {MT} | 0.700 / 0.700 | 0.700 ± 0.000 | 2/2 | +0.100 (0.031) / +0.100 (0.031) |" in seeds10
-    assert f"| {BAD} | – / 0.100 | 0.100 | 0/1 | – / -0.500 (" in seeds10
+    assert f"| {BAD} | – / 0.100 | 0.100 | 0/1 | – / -0.500 (0.031) |" in seeds10
 
     records = read_records_csv(out / "all_metrics.csv")
     assert sum(r["status"] == "failed" for r in records) == 3
