@@ -47,14 +47,17 @@ def test_fraction_names():
 
 def test_presets():
     quick = get_preset("cpu-quick")
-    assert get_preset(quick) is quick and set(PRESETS) == {"default", "cpu-quick", "cpu-2d"}
+    assert get_preset(quick) is quick and set(PRESETS) == {"default", "cpu-quick", "cpu-3d", "cpu-2d"}
     # the patch must be divisible by the downsampling of the kept stages (stride 2 from the second stage on)
-    for kwargs in [*quick.shrink.values(), *PRESETS["cpu-2d"].shrink.values()]:
+    for kwargs in [*quick.shrink.values(), *PRESETS["cpu-3d"].shrink.values(), *PRESETS["cpu-2d"].shrink.values()]:
         factor = 2 ** (len(kwargs["features_per_stage"]) - 1)
         assert all(p % factor == 0 for p in kwargs["patch_size"])
     assert quick.shrink_for("2d")["patch_size"] == (64, 64) and quick.shrink_for("3d_lowres")["batch_size"] == 2
     with pytest.raises(UserError, match="preset 'cpu-2d' has no plan sizes for 3D"):
         PRESETS["cpu-2d"].shrink_for("3d_fullres")
+    with pytest.raises(UserError, match="preset 'cpu-3d' has no plan sizes for 2D"):
+        PRESETS["cpu-3d"].shrink_for("2d")
+    assert PRESETS["cpu-3d"].shrink_for("3d_fullres")["features_per_stage"] == (8, 16, 32, 64)
     assert PRESETS["default"].shrink_for("3d_fullres") is None and PRESETS["default"].train_flags() == []
     longer = quick.with_budget(num_epochs=7, num_iterations_per_epoch=None)
     assert longer.budget["num_epochs"] == 7 and longer.budget["num_iterations_per_epoch"] == 25
@@ -66,7 +69,7 @@ def test_presets():
         Preset("x", "", budget={"num_epochs": 0})
     with pytest.raises(ValueError, match="own plans identifier"):
         Preset("x", "", shrink={3: {}})
-    with pytest.raises(UserError, match="unknown preset 'fast'; known: default, cpu-quick, cpu-2d"):
+    with pytest.raises(UserError, match="unknown preset 'fast'; known: default, cpu-quick, cpu-3d, cpu-2d"):
         get_preset("fast")
 
 
