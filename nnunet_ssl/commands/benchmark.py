@@ -1,6 +1,6 @@
 """``nnunet-ssl benchmark``: a label-fraction study of several trainers, resumable, with a report.
 
-Example (a CPU study on the Hippocampus development set, < 1 h on two cores)::
+Example (a CPU study on the Hippocampus development set, ~1.5 h on two cores)::
 
     nnunet-ssl benchmark -d ../shared/data/Dataset904_HippocampusDev -o hippo_study --preset cpu-3d \\
         --fractions 10% 20% -tr nnUNetTrainer nnUNetTrainerMeanTeacher --seeds 0 --test 20% --id-base 600

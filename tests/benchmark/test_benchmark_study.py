@@ -58,6 +58,7 @@ def test_presets():
     with pytest.raises(UserError, match="preset 'cpu-3d' has no plan sizes for 2D"):
         PRESETS["cpu-3d"].shrink_for("2d")
     assert PRESETS["cpu-3d"].shrink_for("3d_fullres")["features_per_stage"] == (8, 16, 32, 64)
+    assert PRESETS["cpu-3d"].train_flags()[:4] == ["--epochs", "80", "--iters", "25"]
     assert PRESETS["default"].shrink_for("3d_fullres") is None and PRESETS["default"].train_flags() == []
     longer = quick.with_budget(num_epochs=7, num_iterations_per_epoch=None)
     assert longer.budget["num_epochs"] == 7 and longer.budget["num_iterations_per_epoch"] == 25
