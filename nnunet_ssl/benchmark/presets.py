@@ -29,8 +29,9 @@
   two classes only after another 10-25 epochs; on Dataset904_HippocampusDev at 10% a 40-epoch run often
   ends before that. Measured (test mean Dice, split seeds 0 / 1 / 2): three stages, 40 epochs 0.799 /
   0.761 / 0.371 and, repeated, 0.714 / 0.766 / 0.300; four stages, 40 epochs 0.598 / 0.792 / 0.737
-  (another run of seed 2: 0.819); four stages, 80 epochs, seed 0: 0.833 (both classes 0.833, separated
-  from epoch ~20). Semi-supervised methods compared at ``cpu-quick`` largely measured which run escaped
+  (another run of seed 2: 0.819); four stages, 80 epochs 0.837 / 0.849 / 0.843, repeated on seeds 0 and 2:
+  0.833 / 0.833 (classes separated from epoch ~20; benchmarks/results/hippocampus_study_10pct_cpu3d).
+  Semi-supervised methods compared at ``cpu-quick`` largely measured which run escaped
   the failure. An nnUNetTrainer epoch takes ~7 s on two idle cores (four stages cost no more than three).
 
 A preset is plain data (:class:`Preset`); a study records it in its ``study.json`` and refuses to
