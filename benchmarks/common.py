@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Optional
 
 
 def finish_loaders(trainer, unlabeled=None) -> None:
@@ -17,10 +17,11 @@ def finish_loaders(trainer, unlabeled=None) -> None:
             finish()
 
 
-def write_report(lines: List[str], out: str) -> None:
-    """Write a Markdown report (lines) to ``out`` and print it."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".tmp", "w") as f:
-        f.write("\n".join(lines))
-    os.replace(out + ".tmp", out)
+def write_report(lines: List[str], out: Optional[str]) -> None:
+    """Print a Markdown report (lines) and, unless ``out`` is None, write it to ``out``."""
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out + ".tmp", "w") as f:
+            f.write("\n".join(lines))
+        os.replace(out + ".tmp", out)
     print("\n".join(lines))

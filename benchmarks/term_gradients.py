@@ -211,10 +211,7 @@ def main(argv: Optional[list] = None) -> int:
     title = f"{args.trainer}, {t.plans_manager.dataset_name} {args.configuration} {args.plans}, {where}"
     command = "python benchmarks/term_gradients.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = report(result, title, command)
-    if args.out:
-        write_report(lines, args.out)
-    else:
-        print("\n".join(lines))
+    write_report(lines, args.out)
     return 0
 
 
