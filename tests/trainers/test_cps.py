@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from nnunet_ssl.trainers.cps import (nnUNetTrainerCPS, nnUNetTrainerCPS_Ensemble, nnUNetTrainerCPS_Rampup40,
-                                     nnUNetTrainerCPSHetero)
+                                     nnUNetTrainerCPS_Weight1, nnUNetTrainerCPSHetero)
 
 
 def _weight(cls, step, total=1000):
@@ -29,3 +29,8 @@ def test_rampup40_variant_keeps_the_former_schedule():
     # T = 400 steps: w(200) = 0.1 exp(-5 * 0.5^2); full from step 400 on
     assert _weight(nnUNetTrainerCPS_Rampup40, 200) == pytest.approx(0.1 * math.exp(-1.25))
     assert _weight(nnUNetTrainerCPS_Rampup40, 400) == _weight(nnUNetTrainerCPS_Rampup40, 700) == 0.1
+
+
+def test_weight1_variant_ramps_to_one_over_the_whole_run():
+    assert _weight(nnUNetTrainerCPS_Weight1, 400) == pytest.approx(math.exp(-1.8))
+    assert _weight(nnUNetTrainerCPS_Weight1, 1000) == 1.0
