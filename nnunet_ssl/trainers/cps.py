@@ -95,7 +95,8 @@ class nnUNetTrainerCPS_Weight1(nnUNetTrainerCPS):
     the supervised gradient at the end, so CPS trains two nearly independent networks (network B of the
     three runs 0.838 / 0.843 / 0.837, nnUNetTrainer 0.837 / 0.849 / 0.843) and exported network A failed on
     seed 0 (0.767). With ``w_max = 1`` (probe, seed 0) the term adds 36% (cos 0.19 with the supervised
-    gradient) and A / B / their ensemble scored 0.840 / 0.844 / 0.846 against nnUNetTrainer's 0.837
+    gradient) and A / B / their ensemble scored 0.840 / 0.844 / 0.846 against nnUNetTrainer's 0.837; on seed 1
+    0.836 / 0.839 / 0.842 against 0.849, no better than weight 0.1 there
     (``benchmarks/results/hippocampus_study_10pct_cpu3d/probe_cps_weight1.md``). A variant until three seeds in
     the study decide the default."""
 
