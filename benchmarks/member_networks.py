@@ -90,17 +90,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="also write the Markdown table here")
     args = p.parse_args(argv)
 
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
     from nnunet_ssl.evaluation.folders import evaluate_folders
     from nnunet_ssl.networks.ensemble import SoftmaxEnsemble
+    from nnunet_ssl.pipeline import load_predictor
 
     # nnUNetv2_predict's settings (Gaussian-weighted tiles, step 0.5), on the CPU
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=not args.disable_tta,
-                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=True)
-    predictor.initialize_from_trained_model_folder(args.model_folder, use_folds=(args.fold,),
-                                                   checkpoint_name=args.checkpoint)
+    predictor = load_predictor(args.model_folder, (args.fold,), args.checkpoint, "cpu",
+                               use_mirroring=not args.disable_tta, progress=True)
     checkpoint = torch.load(os.path.join(args.model_folder, f"fold_{args.fold}", args.checkpoint),
                             map_location="cpu", weights_only=False)
     template = member_template(predictor.network)

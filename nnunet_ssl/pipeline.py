@@ -2,7 +2,8 @@
 
 - :func:`plan_and_preprocess` is ``nnUNetv2_plan_and_preprocess -d ID -c CONFIG --verify_dataset_integrity``
   through :mod:`nnunetv2.experiment_planning.plan_and_preprocess_api`;
-- :func:`predict_folder` is ``nnUNetv2_predict`` through :class:`nnUNetPredictor`;
+- :func:`predict_folder` is ``nnUNetv2_predict`` through :class:`nnUNetPredictor`, loaded by
+  :func:`load_predictor` (also used where a caller needs the predictor itself);
 - :func:`model_folder` is where ``nnUNetv2_train`` writes a model (nnU-Net's ``get_output_folder``).
 
 Training stays in :mod:`nnunet_ssl.runner` (in-process) or in a ``nnunet-ssl train`` subprocess.
@@ -55,6 +56,25 @@ def model_folder(dataset: Union[int, str], trainer: str, plans: str, configurati
     return get_output_folder(dataset, trainer, plans, configuration, fold)
 
 
+def load_predictor(model_dir: str, folds: Sequence[Union[int, str]] = ("all",),
+                   checkpoint: str = "checkpoint_final.pth", device="cpu", use_mirroring: bool = True,
+                   progress: bool = False, tile_step_size: float = 0.5, use_gaussian: bool = True):
+    """nnU-Net's :class:`nnUNetPredictor` loaded from ``model_dir`` as ``nnUNetv2_predict -f <folds> -chk
+    <checkpoint>`` loads it: Gaussian-weighted tiles at step 0.5 unless told otherwise, everything on the
+    device only for CUDA. ``device``: a name or a :class:`torch.device`; ``use_mirroring=False`` is
+    ``--disable_tta``; ``progress`` shows nnU-Net's sliding-window bars."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    device = torch.device(device)
+    predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=use_gaussian,
+                                use_mirroring=use_mirroring, perform_everything_on_device=device.type == "cuda",
+                                device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=progress)
+    predictor.initialize_from_trained_model_folder(
+        model_dir, use_folds=tuple(f if str(f) == "all" else int(f) for f in folds), checkpoint_name=checkpoint)
+    return predictor
+
+
 def predict_folder(model_dir: str, input_dir: str, output_dir: str, folds: Sequence[Union[int, str]] = ("all",),
                    checkpoint: str = "checkpoint_final.pth", device: str = "cpu", use_mirroring: bool = True,
                    num_processes: int = 1, progress: bool = False, save_probabilities: bool = False) -> str:
@@ -67,14 +87,7 @@ def predict_folder(model_dir: str, input_dir: str, output_dir: str, folds: Seque
     ``save_probabilities`` is ``--save_probabilities``: ``<case>.npz`` (``probabilities``) and ``<case>.pkl``
     next to each prediction.
     """
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    on_device = device != "cpu"
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
-                                perform_everything_on_device=on_device, device=torch.device(device), verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=progress)
-    predictor.initialize_from_trained_model_folder(model_dir, use_folds=tuple(folds), checkpoint_name=checkpoint)
+    predictor = load_predictor(model_dir, folds, checkpoint, device, use_mirroring=use_mirroring, progress=progress)
     if int(num_processes) < 0:
         raise ValueError(f"num_processes must be >= 0, got {num_processes}")
     if int(num_processes) == 0:

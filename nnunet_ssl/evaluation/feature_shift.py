@@ -57,16 +57,13 @@ TILE_BATCH = 4
 
 def load_predictor(model_folder: str, fold, checkpoint: str = "checkpoint_final.pth", device: str = "cpu"):
     """nnU-Net's predictor with the trained network of ``model_folder/fold_<fold>/<checkpoint>``, in eval mode."""
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunet_ssl.pipeline import load_predictor as nnunet_predictor
 
     path = os.path.join(model_folder, f"fold_{fold}", checkpoint)
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} not found; train that fold first or pass -f/-chk of a trained model")
-    predictor = nnUNetPredictor(tile_step_size=TILE_STEP, use_gaussian=False, use_mirroring=False,
-                                perform_everything_on_device=False, device=torch.device(device), verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(model_folder, use_folds=(fold,), checkpoint_name=checkpoint)
+    predictor = nnunet_predictor(model_folder, (fold,), checkpoint, device, use_mirroring=False,
+                                 tile_step_size=TILE_STEP, use_gaussian=False)
     predictor.network.to(predictor.device).eval()
     return predictor
 

@@ -216,13 +216,9 @@ def propagate_folder(input_folder: str, output_folder: str, reference_folder: st
                 "max_memory_frames": max_memory_frames, "use_mirroring": bool(use_mirroring)}
     _claim_output_folder(output_folder, settings, overwrite)
 
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunet_ssl.pipeline import load_predictor
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
-                                perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
-                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(reference_folder, [f if f == "all" else int(f) for f in folds],
-                                                   checkpoint_name)
+    predictor = load_predictor(reference_folder, folds, checkpoint_name, torch_device, use_mirroring=use_mirroring)
     plans_manager, configuration_manager = predictor.plans_manager, predictor.configuration_manager
     dataset_json, label_manager = predictor.dataset_json, predictor.label_manager
     organs = [c for c in label_manager.foreground_labels if c != label_manager.ignore_label]
