@@ -78,6 +78,14 @@ def largest_component_dice(pred_dir: str, ref_dir: str, labels: Dict[str, int], 
     return {name: float(np.mean(v)) for name, v in scores.items()}
 
 
+def volume_ratio(rows) -> float:
+    """Predicted over reference foreground voxels, summed over the per-case, per-class evaluation ``rows``
+    (``n_pred``, ``n_ref``; rows of missing predictions are skipped); nan without reference voxels."""
+    rows = [r for r in rows if r.get("n_pred") is not None and r.get("n_ref") is not None]
+    reference = sum(r["n_ref"] for r in rows)
+    return sum(r["n_pred"] for r in rows) / reference if reference else float("nan")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_folder", help="a trained run's folder (…/<trainer>__<plans>__<configuration>)")
@@ -130,18 +138,20 @@ def main(argv=None) -> int:
         dice = {c: summary["per_class"][c]["dice"]["mean"] for c in labels}
         hd95 = summary["overall"]["hd95"]["mean"]
         lcc = largest_component_dice(out, args.labels, labels, file_ending)
-        rows.append((name, dice, summary["overall"]["dice"]["mean"], hd95, lcc))
+        rows.append((name, dice, summary["overall"]["dice"]["mean"], hd95, lcc, volume_ratio(ev.rows)))
 
     lines = [f"# Networks of `{os.path.basename(os.path.normpath(args.model_folder))}` (fold {args.fold}, "
              f"{args.checkpoint})", "",
              "Test-set Dice of every saved network that fits the exported architecture and of their softmax mean; "
-             "'largest component': each class reduced to its largest connected component (full connectivity) before scoring.", "",
+             "'largest component': each class reduced to its largest connected component (full connectivity) before scoring; "
+             "'predicted / reference volume': foreground voxels predicted over those labeled, summed over cases and "
+             "classes (above 1: over-segmentation).", "",
              "| network | " + " | ".join(f"Dice {c}" for c in labels) + " | Dice mean | HD95 mean (mm) | "
-             "Dice mean, largest component |",
-             "|---|" + "---:|" * (len(labels) + 3)]
-    for name, dice, mean, hd95, lcc in rows:
+             "Dice mean, largest component | predicted / reference volume |",
+             "|---|" + "---:|" * (len(labels) + 4)]
+    for name, dice, mean, hd95, lcc, volume in rows:
         lines.append(f"| {name} | " + " | ".join(f"{dice[c]:.3f}" for c in labels)
-                     + f" | {mean:.3f} | {hd95:.2f} | {np.mean(list(lcc.values())):.3f} |")
+                     + f" | {mean:.3f} | {hd95:.2f} | {np.mean(list(lcc.values())):.3f} | {volume:.3f} |")
     if skipped:
         lines += ["", f"Not evaluated (another architecture): {', '.join(skipped)}."]
     lines += ["", "Command: `python benchmarks/member_networks.py " + " ".join(sys.argv[1:] if argv is None else argv)

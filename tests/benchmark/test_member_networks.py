@@ -1,6 +1,8 @@
 """benchmarks/member_networks.py: which saved networks are scored, and the largest-component Dice by hand."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +58,10 @@ def test_largest_component_dice_hand_checked(tmp_path):
     scores = mn.largest_component_dice(str(pred_dir), str(ref_dir), {"a": 1, "b": 2}, ".nii.gz")
     assert scores["a"] == pytest.approx((1.0 + 0.0) / 2)  # island removed; missed case scores 0
     assert scores["b"] == pytest.approx((24 / 30 + 1.0) / 2)  # both empty in c1: Dice 1
+
+
+def test_volume_ratio_sums_over_cases_and_classes():
+    rows = [{"n_pred": 30, "n_ref": 20}, {"n_pred": 10, "n_ref": 20}, {"n_pred": None, "n_ref": None}]
+    assert mn.volume_ratio(rows) == pytest.approx(40 / 40)
+    assert mn.volume_ratio([{"n_pred": 12, "n_ref": 10}]) == pytest.approx(1.2)  # 20% over-segmented
+    assert math.isnan(mn.volume_ratio([{"n_pred": 5, "n_ref": 0}]))  # no reference foreground
