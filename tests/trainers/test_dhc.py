@@ -137,3 +137,23 @@ def test_unknown_tracker_name_is_a_value_error():
         _bare(ClassWeightedPairTrainer, weights_b="kt").build_trackers()
     with pytest.raises(ValueError, match="weights_a must be one of"):
         _bare(ClassWeightedPairTrainer, weights_a="dice").build_trackers()
+
+
+def test_unsupervised_floor_variant_charges_background_in_the_cps_term():
+    from nnunet_ssl.trainers.dhc import nnUNetTrainerDHC_UnsupervisedFloor
+
+    w = torch.tensor([0.0, 3.0])  # DisW: background 0; mean 1.5
+    # default (floor 0, the reference): w/mean(w) = [0, 2], pseudo-labelled background is free
+    assert _bare(nnUNetTrainerDHC).unsupervised_class_weights(w).tolist() == pytest.approx([0.0, 2.0])
+    # variant (floor 1): 1 + [0, 2] = [1, 3]
+    t = _bare(nnUNetTrainerDHC_UnsupervisedFloor)
+    assert t.unsupervised_class_weights(w).tolist() == pytest.approx([1.0, 3.0])
+    # one voxel each of pseudo-label 0 and 1 with logits [0, 0] (CE ln 2 each): the weighted mean is ln 2
+    # with either weights, but only the floored term has a gradient at the background voxel
+    partner = torch.tensor([[[5.0, -5.0], [-5.0, 5.0]]])  # argmax: voxel 0 -> class 0, voxel 1 -> class 1
+    for trainer, background_gradient in ((_bare(nnUNetTrainerDHC), False), (t, True)):
+        logits = torch.zeros(1, 2, 2, requires_grad=True)
+        weights = trainer.unsupervised_class_weights(w)
+        loss = weighted_cps(logits, partner, weights, weights)
+        loss.backward()
+        assert bool(logits.grad[0, :, 0].abs().sum() > 0) == background_gradient
