@@ -148,8 +148,8 @@ def test_unsupervised_floor_variant_charges_background_in_the_cps_term():
     # variant (floor 1): 1 + [0, 2] = [1, 3]
     t = _bare(nnUNetTrainerDHC_UnsupervisedFloor)
     assert t.unsupervised_class_weights(w).tolist() == pytest.approx([1.0, 3.0])
-    # one voxel each of pseudo-label 0 and 1 with logits [0, 0] (CE ln 2 each): the weighted mean is ln 2
-    # with either weights, but only the floored term has a gradient at the background voxel
+    # A's logits [0, 0] at two voxels whose partner pseudo-labels are background (voxel 0) and class 1 (voxel 1):
+    # only with the floored weights does the background voxel get a gradient
     partner = torch.tensor([[[5.0, -5.0], [-5.0, 5.0]]])  # argmax: voxel 0 -> class 0, voxel 1 -> class 1
     for trainer, background_gradient in ((_bare(nnUNetTrainerDHC), False), (t, True)):
         logits = torch.zeros(1, 2, 2, requires_grad=True)
