@@ -139,19 +139,20 @@ def test_unknown_tracker_name_is_a_value_error():
         _bare(ClassWeightedPairTrainer, weights_a="dice").build_trackers()
 
 
-def test_unsupervised_floor_variant_charges_background_in_the_cps_term():
-    from nnunet_ssl.trainers.dhc import nnUNetTrainerDHC_UnsupervisedFloor
+def test_default_floor_charges_background_in_the_cps_term_and_the_reference_variant_does_not():
+    from nnunet_ssl.trainers.dhc import nnUNetTrainerDHC_UnsupervisedNoFloor
 
     w = torch.tensor([0.0, 3.0])  # DisW: background 0; mean 1.5
-    # default (floor 0, the reference): w/mean(w) = [0, 2], pseudo-labelled background is free
-    assert _bare(nnUNetTrainerDHC).unsupervised_class_weights(w).tolist() == pytest.approx([0.0, 2.0])
-    # variant (floor 1): 1 + [0, 2] = [1, 3]
-    t = _bare(nnUNetTrainerDHC_UnsupervisedFloor)
-    assert t.unsupervised_class_weights(w).tolist() == pytest.approx([1.0, 3.0])
+    # default (floor 1): 1 + w/mean(w) = 1 + [0, 2] = [1, 3]
+    default = _bare(nnUNetTrainerDHC)
+    assert default.unsupervised_class_weights(w).tolist() == pytest.approx([1.0, 3.0])
+    # reference variant (floor 0): w/mean(w) = [0, 2], pseudo-labelled background is free
+    reference = _bare(nnUNetTrainerDHC_UnsupervisedNoFloor)
+    assert reference.unsupervised_class_weights(w).tolist() == pytest.approx([0.0, 2.0])
     # A's logits [0, 0] at two voxels whose partner pseudo-labels are background (voxel 0) and class 1 (voxel 1):
     # only with the floored weights does the background voxel get a gradient
     partner = torch.tensor([[[5.0, -5.0], [-5.0, 5.0]]])  # argmax: voxel 0 -> class 0, voxel 1 -> class 1
-    for trainer, background_gradient in ((_bare(nnUNetTrainerDHC), False), (t, True)):
+    for trainer, background_gradient in ((reference, False), (default, True)):
         logits = torch.zeros(1, 2, 2, requires_grad=True)
         weights = trainer.unsupervised_class_weights(w)
         loss = weighted_cps(logits, partner, weights, weights)
