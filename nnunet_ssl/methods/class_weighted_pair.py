@@ -73,7 +73,8 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
     the papers (background weighs ~0 there, so those terms do not charge for false positives on it). DMP's
     class sampling always uses the trackers' weights. Measured for DMPF on the 3D demo (3 seeds,
     benchmarks/results/README.md): floor 1 removed its over-segmentation of the large classes on two seeds but
-    lost a class on the third (mean Dice 0.553 against 0.694), so the default stays 0."""
+    lost a class on the third (mean Dice 0.553 against 0.694), so the default stays 0. DHC sets 1 (its
+    over-segmentation on the cpu-3d Hippocampus study, :class:`~nnunet_ssl.trainers.dhc.nnUNetTrainerDHC`)."""
     difw_tau: float = 50.0
     """DifW accumulation length τ (momentum (τ−1)/τ of learning speeds and mean Dice)."""
     difw_alpha: float = 0.2
