@@ -54,8 +54,8 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
     weighted CE stops charging for false positives there (on the project's demo, organ/vessel Dice
     0.90–0.91 against 0.95 for nnUNetTrainer). Default 1 (``1 + w/mean(w)``): the smallest weight is
     half the average one and the rare classes keep their emphasis (ordering kept, ratios softened). ``weight_floor = 0`` is the
-    papers' supervised loss. The unsupervised terms (DHC's CPS, DMPF's ``L_m`` and ``L_u``) and DMP's
-    class sampling keep the trackers' weights, as in the papers.
+    papers' supervised loss. The unsupervised terms (DHC's CPS, DMPF's ``L_m`` and ``L_u``) have their own floor,
+    ``unsupervised_weight_floor``; DMP's class sampling keeps the trackers' weights, as in the papers.
     """
 
     weights_a: str = "difw"
@@ -71,10 +71,9 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
     """Floor of the class weights in the unsupervised terms (DHC's CPS, DMPF's L_m and L_u), in units of their
     mean, as ``weight_floor`` for the supervised term: ``floor + w/mean(w)``. 0: the trackers' weights, as in
     the papers (background weighs ~0 there, so those terms do not charge for false positives on it). DMP's
-    class sampling always uses the trackers' weights. Measured for DMPF on the 3D demo (3 seeds,
-    benchmarks/results/README.md): floor 1 removed its over-segmentation of the large classes on two seeds but
-    lost a class on the third (mean Dice 0.553 against 0.694), so the default stays 0. DHC sets 1 (its
-    over-segmentation on the cpu-3d Hippocampus study, :class:`~nnunet_ssl.trainers.dhc.nnUNetTrainerDHC`)."""
+    class sampling always uses the trackers' weights. DHC and DMPF set 1: with the trackers' weights both
+    over-segmented on the Hippocampus studies (:class:`~nnunet_ssl.trainers.dhc.nnUNetTrainerDHC`,
+    :class:`~nnunet_ssl.trainers.dmpf.nnUNetTrainerDMPF`); their ``_UnsupervisedNoFloor`` variants keep 0."""
     difw_tau: float = 50.0
     """DifW accumulation length τ (momentum (τ−1)/τ of learning speeds and mean Dice)."""
     difw_alpha: float = 0.2

@@ -124,7 +124,7 @@ def test_default_and_ablation_weight_pairs():
         "nnUNetTrainerDMPF_CDifWCDisW": ("cdifw", "cdisw", "dmp"),
         "nnUNetTrainerDMPF_DisWDisW": ("disw", "disw", "dmp"),
         "nnUNetTrainerDMPF_CDisWCDisW": ("cdisw", "cdisw", "dmp"),
-        "nnUNetTrainerDMPF_UnsupervisedFloor": ("cdifw", "disw", "dmp"),
+        "nnUNetTrainerDMPF_UnsupervisedNoFloor": ("cdifw", "disw", "dmp"),
         "nnUNetTrainerDMPF_MixUnweighted": ("cdifw", "disw", "dmp"),
         "nnUNetTrainerDMPF_FullRampup": ("cdifw", "disw", "dmp"),
         "nnUNetTrainerDMPF_CutMix": ("cdifw", "disw", "cutmix"),
@@ -154,7 +154,7 @@ def test_dmpf_uses_every_hyperparameter_it_declares():
 
 def test_unsupervised_class_weights_by_hand():
     """DHC's CPS and DMPF's L_m / L_u weigh classes by ``floor + w/mean(w)``: 0 keeps the trackers' ratios
-    (the default, as the papers), 1 gives background at least the average weight."""
+    (as the papers), 1 gives background at least the average weight."""
     t = _bare(nnUNetTrainerDMPF)
     w = torch.tensor([0.0, 1.0, 3.0, 4.0])  # mean 2
     t.unsupervised_weight_floor = 0.0
@@ -162,6 +162,28 @@ def test_unsupervised_class_weights_by_hand():
     t.unsupervised_weight_floor = 1.0
     assert t.unsupervised_class_weights(w).tolist() == [1.0, 1.5, 2.5, 3.0]
     assert "unsupervised_weight_floor" in nnUNetTrainerDMPF.hyperparameter_names()
+
+
+def test_default_floor_charges_pseudo_labelled_background_and_the_reference_variant_does_not():
+    """Default DMPF floors the unlabeled terms' weights (1 + w/mean(w)); ``_UnsupervisedNoFloor`` keeps the
+    trackers' weights, with which a voxel pseudo-labelled background (DisW 0) adds nothing to L_m's CE."""
+    from nnunet_ssl.losses.weighted import weighted_cross_entropy
+    from nnunet_ssl.trainers.dmpf import nnUNetTrainerDMPF_UnsupervisedNoFloor
+
+    w = torch.tensor([0.0, 3.0])  # DisW-like: background 0; mean 1.5
+    default, reference = _bare(nnUNetTrainerDMPF), _bare(nnUNetTrainerDMPF_UnsupervisedNoFloor)
+    assert default.unsupervised_class_weights(w).tolist() == pytest.approx([1.0, 3.0])  # 1 + [0, 2]
+    assert reference.unsupervised_class_weights(w).tolist() == pytest.approx([0.0, 2.0])  # [0, 2]
+    # logits [0, 0] at two voxels pseudo-labelled background (voxel 0) and class 1 (voxel 1): CE = ln 2 each;
+    # floored: (1·ln2 + 3·ln2) / (1 + 3) = ln 2 and a gradient at voxel 0; unfloored: (0 + 2·ln2) / 2 = ln 2,
+    # no gradient at voxel 0
+    label = torch.tensor([[0, 1]])
+    for trainer, background_gradient in ((reference, False), (default, True)):
+        logits = torch.zeros(1, 2, 2, requires_grad=True)
+        loss = weighted_cross_entropy(logits, label, trainer.unsupervised_class_weights(w))
+        assert loss.item() == pytest.approx(math.log(2))
+        loss.backward()
+        assert bool(logits.grad[0, :, 0].abs().sum() > 0) == background_gradient
 
 
 def test_unknown_strong_mix_is_a_value_error():
@@ -281,12 +303,13 @@ def test_compute_losses_composes_the_paper_formula(tiny_3d):
         keep_a = (pa.flatten(1) > 0).any(1).float().view(-1, 1, 1, 1)
         keep_b = (pb.flatten(1) > 0).any(1).float().view(-1, 1, 1, 1)
         assert keep_a.flatten().tolist() == [0.0, 1.0]
-        l_m = (weighted_cross_entropy(a(mix_a.image), mix_a.label, w_a, keep_a.expand_as(mix_a.label).float())
-               + weighted_cross_entropy(b(mix_b.image), mix_b.label, w_b, keep_b.expand_as(mix_b.label).float()))
-        l_u = seg(a(unlabeled), pb, class_weights=w_a) + seg(b(unlabeled), pa, class_weights=w_b)
-        # the supervised term weighs classes with 1 + w/mean(w) (weight_floor 1)
-        l_sup = (seg(a(data), target[0], class_weights=1 + w_a / w_a.mean())
-                 + seg(b(data), target[0], class_weights=1 + w_b / w_b.mean()))
+        # every term weighs classes with 1 + w/mean(w) (weight_floor and unsupervised_weight_floor 1); DMP's
+        # class sampling above takes the trackers' weights as they are
+        fa, fb = 1 + w_a / w_a.mean(), 1 + w_b / w_b.mean()
+        l_m = (weighted_cross_entropy(a(mix_a.image), mix_a.label, fa, keep_a.expand_as(mix_a.label).float())
+               + weighted_cross_entropy(b(mix_b.image), mix_b.label, fb, keep_b.expand_as(mix_b.label).float()))
+        l_u = seg(a(unlabeled), pb, class_weights=fa) + seg(b(unlabeled), pa, class_weights=fb)
+        l_sup = seg(a(data), target[0], class_weights=fa) + seg(b(data), target[0], class_weights=fb)
 
     assert not torch.allclose(w_a, w_b)
     assert torch.allclose(terms["w_A"], w_a) and torch.allclose(terms["w_B"], w_b)
