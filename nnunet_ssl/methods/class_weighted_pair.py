@@ -67,13 +67,13 @@ class ClassWeightedPairTrainer(nnUNetTrainerSemiSupervised):
     weight_floor: float = 1.0
     """Floor of the supervised loss's class weights, in units of their mean: Seg_W uses
     weight_floor + w/mean(w) (1: every class adds at least the trackers' average weight; 0: the pure weights)."""
-    unsupervised_weight_floor: float = 0.0
+    unsupervised_weight_floor: float = 1.0
     """Floor of the class weights in the unsupervised terms (DHC's CPS, DMPF's L_m and L_u), in units of their
     mean, as ``weight_floor`` for the supervised term: ``floor + w/mean(w)``. 0: the trackers' weights, as in
-    the papers (background weighs ~0 there, so those terms do not charge for false positives on it). DMP's
-    class sampling always uses the trackers' weights. DHC and DMPF set 1: with the trackers' weights both
-    over-segmented on the Hippocampus studies (:class:`~nnunet_ssl.trainers.dhc.nnUNetTrainerDHC`,
-    :class:`~nnunet_ssl.trainers.dmpf.nnUNetTrainerDMPF`); their ``_UnsupervisedNoFloor`` variants keep 0."""
+    the papers (background weighs ~0 there, so those terms do not charge for false positives on it; the
+    ``_UnsupervisedNoFloor`` variants). DMP's class sampling always uses the trackers' weights. Default 1: with
+    the trackers' weights DHC and DMPF both over-segmented on the Hippocampus studies
+    (:class:`~nnunet_ssl.trainers.dhc.nnUNetTrainerDHC`, :class:`~nnunet_ssl.trainers.dmpf.nnUNetTrainerDMPF`)."""
     difw_tau: float = 50.0
     """DifW accumulation length τ (momentum (τ−1)/τ of learning speeds and mean Dice)."""
     difw_alpha: float = 0.2

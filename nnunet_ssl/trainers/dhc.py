@@ -61,8 +61,6 @@ class nnUNetTrainerDHC(ClassWeightedPairTrainer):
     consistency_weight: float = 0.1
     """w_max of the class-weighted CPS term."""
 
-    unsupervised_weight_floor = 1.0
-
     unused_hyperparameters = ("ema_decay", "seed")
 
     cost_model = {"forward": 4, "backward": 4}  # two students on labeled+unlabeled

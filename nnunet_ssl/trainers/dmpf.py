@@ -116,8 +116,6 @@ class nnUNetTrainerDMPF(ClassWeightedPairTrainer):
     against 0.694 with CE alone, organ 0.928 / vessel 0.884 / lesion 0.432 against 0.914 / 0.866 / 0.303
     (separate single runs per seed, not paired)."""
 
-    unsupervised_weight_floor = 1.0
-
     mix_class_weights: bool = True
     """Weigh L_m's CE by the class weights (the paper's CE_W). False: the plain CE, as the reference code's
     mixed loss ends up (its weights are set once to equal values and never updated):
